@@ -1,0 +1,5 @@
+import sys
+
+from claspe.cli import main
+
+sys.exit(main())

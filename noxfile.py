@@ -1,0 +1,66 @@
+"""nox sessions. `nox` alone runs `tests` (the CPU suite that CI runs).
+
+Sessions: tests (default), lint, bench, demo; further sessions (tests_gpu, container, slurm) are
+defined next to the areas they check.  Every session installs from `constraints.txt` (exact pins);
+torch is pinned to the CPU wheel 2.13.0 so pip never pulls a CUDA build by accident.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+CONSTRAINTS = ("-c", "constraints.txt")
+TORCH = "torch==2.13.0"
+# nnU-Net and the tests on a 2-core machine
+ENV = {
+    "nnUNet_n_proc_DA": "1",
+    "nnUNet_def_n_proc": "1",
+    "nnUNet_compile": "f",
+    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    "MPLBACKEND": "Agg",
+}
+
+
+def install_project(session: nox.Session, *extras: str) -> None:
+    """Installs torch (CPU pin) first, then the project (building claspe._C) from the pins."""
+    session.install(*CONSTRAINTS, "setuptools==80.9.0", "wheel==0.45.1", "pybind11==3.1.0")
+    session.install(*CONSTRAINTS, TORCH)
+    spec = ".[" + ",".join(extras) + "]" if extras else "."
+    session.install(*CONSTRAINTS, "--no-build-isolation", "-e", spec)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """CPU test suite (what CI runs): everything but gpu/slow/container/slurm tests."""
+    install_project(session, "test")
+    session.run("claspe", "info", env=ENV)
+    args = session.posargs or ["-m", "not gpu and not slow and not container and not slurm", "-q",
+                               "--timeout=900", "--durations=15"]
+    session.run("pytest", *args, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (style + common bugs) over the package, tests, benchmarks and this file."""
+    session.install(*CONSTRAINTS, "ruff")
+    session.run("ruff", "check", "claspe", "tests", "benchmarks", "noxfile.py", "setup.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Speed/memory benchmarks of the engine against the plain PyTorch pipeline (same run)."""
+    install_project(session)
+    session.run("python", "benchmarks/bench_cpu.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: `claspe demo` (a complete small AL experiment on the CPU, with a report)."""
+    install_project(session)
+    session.run("claspe", "demo", *session.posargs, env=ENV)
