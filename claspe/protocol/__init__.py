@@ -1,0 +1,1 @@
+"""The nnActive protocol: experiment folder, state, splits, starting budget, oracle, loop driver."""
