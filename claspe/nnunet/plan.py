@@ -1,0 +1,155 @@
+"""nnU-Net planning and preprocessing with explicit folders.
+
+* :func:`plan_dataset` — dataset fingerprint + ``ExperimentPlanner`` (nnU-Net's defaults, 8 GB
+  target) for a folder in nnU-Net raw layout. nnU-Net only offers this through the ``nnUNet_raw`` /
+  ``nnUNet_preprocessed`` environment variables, so it runs in a child process
+  (``python -m claspe.nnunet.plan``) whose own environment carries private temporary paths; the
+  caller's ``os.environ`` is never touched.
+* :func:`resample_case` — nnU-Net's ``DefaultPreprocessor.run_case`` (crop to non-zero, normalise,
+  resample to the configuration's target spacing) of one image/label pair, returned as arrays in the
+  image's array order with the target spacing (METHOD.md §3.1 step 3).
+* :func:`preprocess_cases` — ``run_case_save`` of the annotated training cases into a folder the
+  trainers read (blosc2 files + ``class_locations`` incl. the annotated-voxel key for the ignore label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from claspe.nnunet._proc import nnunet_env, run_child
+
+log = logging.getLogger(__name__)
+
+_DATASET_ID = 999  # private id inside the child's private nnUNet_raw
+
+
+def plan_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_proc: int = 1,
+                 log_file: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Fingerprint + plan the nnU-Net raw dataset in ``raw_dir`` (imagesTr, labelsTr, dataset.json).
+
+    Writes ``out_dir/nnUNetPlans.json`` and ``out_dir/dataset_fingerprint.json`` (atomically) and
+    returns their paths. Runs nnU-Net in a child process with private nnU-Net folders.
+    """
+    raw_dir = Path(raw_dir).resolve()
+    out_dir = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr", "dataset.json"):
+        if not (raw_dir / sub).exists():
+            raise FileNotFoundError(f"{raw_dir / sub} not found: plan_dataset needs a nnU-Net raw dataset folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".claspe-plan-", dir=out_dir) as tmp:
+        tmp = Path(tmp)
+        ds = tmp / "raw" / f"Dataset{_DATASET_ID:03d}_plan"
+        ds.mkdir(parents=True)
+        for sub in ("imagesTr", "labelsTr"):
+            os.symlink(raw_dir / sub, ds / sub)
+        shutil.copyfile(raw_dir / "dataset.json", ds / "dataset.json")
+        env = nnunet_env(raw=tmp / "raw", preprocessed=tmp / "pre", results=tmp / "res", n_proc=n_proc)
+        run_child(["-m", "claspe.nnunet.plan", "--dataset-id", str(_DATASET_ID), "--n-proc", str(n_proc)],
+                  env=env, log_file=log_file, what="nnU-Net fingerprint + planning")
+        pre = tmp / "pre" / ds.name
+        outs = []
+        for name in ("nnUNetPlans.json", "dataset_fingerprint.json"):
+            src = pre / name
+            if not src.is_file():
+                raise RuntimeError(f"nnU-Net planning did not write {name}")
+            dst = out_dir / name
+            tmp_dst = out_dir / f".{name}.tmp"
+            shutil.copyfile(src, tmp_dst)
+            os.replace(tmp_dst, dst)
+            outs.append(dst)
+    return outs[0], outs[1]
+
+
+def _child_main(argv: list[str] | None = None) -> int:  # pragma: no cover - runs in the child
+    ap = argparse.ArgumentParser(description="internal: nnU-Net fingerprint + planning (env carries paths)")
+    ap.add_argument("--dataset-id", type=int, required=True)
+    ap.add_argument("--n-proc", type=int, default=1)
+    a = ap.parse_args(argv)
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+    fpe = DatasetFingerprintExtractor(a.dataset_id, max(1, a.n_proc), verbose=False)
+    fpe.show_progress_bar = False
+    fpe.run(overwrite_existing=True)
+    ExperimentPlanner(a.dataset_id).plan_experiment()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# in-process preprocessing (explicit plans, no paths)
+
+
+def plans_manager(plans: dict):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(json.loads(json.dumps(plans)))
+
+
+def target_spacing(plans: dict, configuration: str = "3d_fullres") -> tuple[float, ...]:
+    """The configuration's target spacing in image array order (un-transposed)."""
+    pm = plans_manager(plans)
+    cm = pm.get_configuration(configuration)
+    sp = list(cm.spacing)
+    back = pm.transpose_backward
+    return tuple(float(sp[i]) for i in back)
+
+
+def resample_case(image_files: list[str], label_file: str | None, plans: dict, dataset_json: dict,
+                  configuration: str = "3d_fullres") -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
+    """Runs nnU-Net's ``DefaultPreprocessor.run_case`` on one case; returns arrays in array order.
+
+    Returns ``(data [channels, z, y, x] float32, label [z, y, x] int16 or None, spacing)`` where the
+    spacing is the target spacing (array order). Regions nnU-Net marks ``-1`` (outside the non-zero
+    mask) are set to background 0, as nnActive does.
+    """
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    pm = plans_manager(plans)
+    cm = pm.get_configuration(configuration)
+    pp = DefaultPreprocessor(verbose=False)
+    data, seg, _props = pp.run_case(list(image_files), label_file, pm, cm, dataset_json)
+    back = [0, *[i + 1 for i in pm.transpose_backward]]
+    data = np.ascontiguousarray(data.transpose(back)).astype(np.float32, copy=False)
+    if seg is not None and label_file is not None:
+        seg = np.ascontiguousarray(seg.transpose(back))[0].astype(np.int16)
+        seg[seg < 0] = 0
+    else:
+        seg = None
+    return data, seg, target_spacing(plans, configuration)
+
+
+def preprocess_cases(cases: Iterable[str], *, images_dir: str | os.PathLike, labels_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike, plans: dict, dataset_json: dict,
+                     configuration: str = "3d_fullres", progress: bool = False) -> Path:
+    """nnU-Net preprocessing (``run_case_save``) of ``cases`` (ids without file ending) into
+    ``out_dir/<data_identifier>/``; returns that folder. Existing case files are overwritten
+    (labels change every loop)."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from tqdm import tqdm
+
+    pm = plans_manager(plans)
+    cm = pm.get_configuration(configuration)
+    ending = dataset_json["file_ending"]
+    n_ch = len(dataset_json.get("channel_names", dataset_json.get("modality", {"0": 0})))
+    folder = Path(out_dir) / cm.data_identifier
+    folder.mkdir(parents=True, exist_ok=True)
+    pp = DefaultPreprocessor(verbose=False)
+    cases = list(cases)
+    for case in tqdm(cases, desc="preprocess", disable=not progress, leave=False):
+        imgs = [str(Path(images_dir) / f"{case}_{c:04d}{ending}") for c in range(n_ch)]
+        pp.run_case_save(str(folder / case), imgs, str(Path(labels_dir) / f"{case}{ending}"), pm, cm, dataset_json)
+    return folder
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_child_main())
