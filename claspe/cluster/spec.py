@@ -342,6 +342,9 @@ def _known_strategies():
             log.warning("claspe.strategies is not available: strategy names are not checked")
             return None
         raise
+    if not hasattr(strat, "list_strategies") or not hasattr(strat, "get_strategy"):
+        log.warning("claspe.strategies has no list_strategies/get_strategy: strategy names are not checked")
+        return None
     return strat
 
 
