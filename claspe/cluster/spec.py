@@ -353,18 +353,14 @@ def check_strategies(names) -> dict:
     strat = _known_strategies()
     if strat is None:
         return {n: n for n in names}
-    known = list(strat.list_strategies())
+    known = [k if isinstance(k, str) else k[0] for k in strat.list_strategies()]
     out = {}
     for n in names:
-        if n in known:
-            out[n] = n
-            continue
         try:
             s = strat.get_strategy(n)
-        except (ValueError, KeyError):
-            raise ValueError(f"unknown strategy {n!r} in grid spec{_suggest(n, known)}; "
-                             f"known strategies: {', '.join(known)}") from None
-        out[n] = getattr(s, "name", n)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"grid spec 'strategies': {exc}{_suggest(n, known)}") from None
+        out[n] = n if n in known else str(getattr(s, "name", n))
     canon = list(out.values())
     dup = sorted({c for c in canon if canon.count(c) > 1})
     if dup:
