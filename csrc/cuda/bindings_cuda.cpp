@@ -1,0 +1,270 @@
+// Registers the CUDA engine on claspe._C (compiled by the host compiler with the rest of the module;
+// the device code lives in the .cu files, reached through engine.h).  Called from csrc/bindings.cpp
+// when the module is built with CLASPE_WITH_CUDA.
+//
+// Python passes arrays as tuples (ptr, dtype, shape, strides_in_elements, contiguous) built by
+// claspe/_cuda.py from __cuda_array_interface__; all validation that does not need the data happens
+// there.  Functions named cuda_* are internal (use claspe.ops or claspe._cuda).
+//
+// Selection: the ranking (rank keys + radix sort per key) runs on the GPU; the greedy non-overlap
+// walk runs here on the host over the sorted prefix, copied back in chunks (first max(4096, 64*quota)
+// keys per key, then doubling).  Reason: the walk is sequential by definition (each decision depends
+// on all earlier ones), touches a few hundred to a few thousand candidates, and its overlap test is
+// O(1) with the blocked mask over the stride grid; on the GPU it would run in a single thread or need
+// one launch per step.  Not measured (no GPU was available when this was written).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/grid.h"
+#include "common/hd.h"
+#include "cuda/engine.h"
+
+#ifndef CLASPE_CUDA_ARCHS
+#define CLASPE_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+namespace cu = claspe::cuda;
+
+namespace {
+
+cu::DevArray to_dev(const py::tuple& t) {
+  if (t.size() != 5) throw std::invalid_argument("internal: array descriptor must have 5 fields");
+  cu::DevArray a;
+  a.ptr = t[0].cast<uintptr_t>();
+  a.dtype = t[1].cast<int>();
+  const auto shape = t[2].cast<std::vector<int64_t>>();
+  const auto strides = t[3].cast<std::vector<int64_t>>();
+  a.contiguous = t[4].cast<bool>();
+  const int d = static_cast<int>(shape.size());
+  if (d < 1 || d > 4 || strides.size() != shape.size())
+    throw std::invalid_argument("internal: arrays must have 1 to 4 dimensions");
+  a.ndim = d;
+  for (int i = 0; i < d; ++i) {
+    a.shape[4 - d + i] = shape[i];
+    a.strides[4 - d + i] = strides[i];
+  }
+  if (a.dtype != cu::kF32 && a.dtype != cu::kF16 && a.dtype != cu::kF64)
+    throw std::invalid_argument("internal: unknown dtype code");
+  return a;
+}
+
+// Inverse of claspe::rank_key for the score part (-0.0 comes back as +0.0).
+float rank_key_score(uint64_t key) {
+  const uint32_t descending = static_cast<uint32_t>(key >> 32);
+  const uint32_t ascending = ~descending;
+  const uint32_t u = (ascending & 0x80000000u) ? (ascending & 0x7FFFFFFFu) : ~ascending;
+  return claspe::bits_float(u);
+}
+
+py::dict check(const py::tuple& arr, double lo, double hi, bool sum_axis0, int device, uintptr_t stream) {
+  const cu::DevArray a = to_dev(arr);
+  cu::CheckResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = cu::check_values(a, lo, hi, sum_axis0, device, stream);
+  }
+  py::dict d;
+  d["nan"] = r.nan;
+  d["posinf"] = r.posinf;
+  d["neginf"] = r.neginf;
+  d["below"] = r.below;
+  d["above"] = r.above;
+  d["max_sum_dev"] = r.max_sum_dev;
+  return d;
+}
+
+void accumulate(const py::tuple& fold, uintptr_t sum, uintptr_t ent, bool logits, int device, uintptr_t stream) {
+  const cu::DevArray a = to_dev(fold);
+  py::gil_scoped_release nogil;
+  cu::accumulate_fold(a, sum, ent, logits, device, stream);
+}
+
+void score_maps(const py::tuple& src, float src_div, int kind, const std::vector<int>& classes, const py::object& mfe,
+                float mfe_div, uintptr_t out, int device, uintptr_t stream) {
+  const cu::DevArray s = to_dev(src);
+  cu::DevArray m;
+  const bool has_mfe = !mfe.is_none();
+  if (has_mfe) m = to_dev(mfe.cast<py::tuple>());
+  for (int c : classes)
+    if (c < 0 || c >= s.shape[0]) throw std::invalid_argument("class index out of range");
+  py::gil_scoped_release nogil;
+  cu::score_maps(s, src_div, kind, classes, has_mfe ? &m : nullptr, mfe_div, out, device, stream);
+}
+
+void box_mean(const py::tuple& maps, std::array<int64_t, 3> patch, std::array<int64_t, 3> stride, uintptr_t t1,
+              uintptr_t t2, uintptr_t out, int device, uintptr_t stream) {
+  const cu::DevArray a = to_dev(maps);
+  for (int i = 0; i < 3; ++i)
+    if (patch[i] <= 0 || stride[i] <= 0) throw std::invalid_argument("patch and stride must be positive");
+  py::gil_scoped_release nogil;
+  cu::box_mean(a, patch.data(), stride.data(), t1, t2, out, device, stream);
+}
+
+void power_noise(const py::tuple& scores, double beta, uint64_t seed, uint32_t loop, uint32_t image, uint32_t key,
+                 const py::object& noise, uintptr_t out, int device, uintptr_t stream) {
+  const cu::DevArray s = to_dev(scores);
+  cu::DevArray z;
+  const bool has_noise = !noise.is_none();
+  if (has_noise) z = to_dev(noise.cast<py::tuple>());
+  py::gil_scoped_release nogil;
+  cu::power_noise(s, beta, seed, loop, image, key, has_noise ? &z : nullptr, out, device, stream);
+}
+
+using Box = std::array<int64_t, 6>;  // start x, y, z, size x, y, z
+
+py::list select_patches(const py::tuple& scores, uintptr_t keys, std::array<int64_t, 3> volume, std::array<int64_t, 3> patch,
+                std::array<int64_t, 3> stride, const std::vector<int64_t>& quotas, const std::vector<Box>& blocked,
+                int device, uintptr_t stream) {
+  const cu::DevArray a = to_dev(scores);
+  const int64_t K = a.shape[0];
+  const int64_t n3[3] = {a.shape[1], a.shape[2], a.shape[3]};
+  const int64_t N = n3[0] * n3[1] * n3[2];
+  if (static_cast<int64_t>(quotas.size()) != K) throw std::invalid_argument("one quota per key is needed");
+  int64_t pe[3];
+  for (int i = 0; i < 3; ++i) {
+    if (patch[i] <= 0 || stride[i] <= 0 || volume[i] <= 0)
+      throw std::invalid_argument("volume, patch and stride must be positive");
+    pe[i] = claspe::clipped_patch(volume[i], patch[i]);
+    if (claspe::grid_dim(volume[i], patch[i], stride[i]) != n3[i])
+      throw std::invalid_argument("scores grid does not match volume_shape, patch and stride");
+  }
+  std::vector<std::vector<int64_t>> starts(K);
+  std::vector<std::vector<float>> vals(K);
+  {
+    py::gil_scoped_release nogil;
+    if (cu::rank_candidates(a, keys, device, stream)) throw std::invalid_argument("scores contain NaN or +Inf");
+    std::vector<uint8_t> mask(static_cast<size_t>(N), 0);
+    auto block = [&](const int64_t b[3], const int64_t q[3]) {
+      int64_t lo[3], hi[3];
+      for (int i = 0; i < 3; ++i)
+        if (!claspe::blocked_range(b[i], q[i], pe[i], stride[i], n3[i], &lo[i], &hi[i])) return;
+      for (int64_t x = lo[0]; x <= hi[0]; ++x)
+        for (int64_t y = lo[1]; y <= hi[1]; ++y)
+          std::memset(&mask[static_cast<size_t>((x * n3[1] + y) * n3[2] + lo[2])], 1,
+                      static_cast<size_t>(hi[2] - lo[2] + 1));
+    };
+    for (const Box& b : blocked) {
+      const int64_t st[3] = {b[0], b[1], b[2]}, sz[3] = {b[3], b[4], b[5]};
+      block(st, sz);
+    }
+    int64_t qmax = 0;
+    for (int64_t q : quotas) qmax = std::max(qmax, q);
+    const int64_t first = std::min<int64_t>(N, std::max<int64_t>(4096, 64 * qmax));
+    std::vector<uint64_t> prefix(static_cast<size_t>(K * first));
+    if (qmax > 0) cu::copy_key_prefixes_to_host(keys, K, N, first, prefix.data(), device, stream);
+    std::vector<uint64_t> more;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t q = quotas[k];
+      const uint64_t* chunk = prefix.data() + k * first;
+      int64_t chunk_start = 0, chunk_len = first;
+      for (int64_t pos = 0; pos < N && static_cast<int64_t>(vals[k].size()) < q; ++pos) {
+        if (pos >= chunk_start + chunk_len) {  // walked past the copied prefix: fetch the next chunk
+          const int64_t len = std::min<int64_t>(N - pos, 2 * chunk_len);
+          more.resize(static_cast<size_t>(len));
+          cu::copy_keys_to_host(keys, k * N + pos, len, more.data(), device, stream);
+          chunk = more.data();
+          chunk_start = pos;
+          chunk_len = len;
+        }
+        const uint64_t key = chunk[pos - chunk_start];
+        const int64_t idx = static_cast<int64_t>(claspe::rank_key_index(key));
+        if (mask[static_cast<size_t>(idx)]) continue;
+        const int64_t gz = idx % n3[2], gy = (idx / n3[2]) % n3[1], gx = idx / (n3[1] * n3[2]);
+        const int64_t st[3] = {gx * stride[0], gy * stride[1], gz * stride[2]};
+        starts[k].insert(starts[k].end(), st, st + 3);
+        vals[k].push_back(rank_key_score(key));
+        block(st, pe);
+      }
+    }
+  }
+  py::list out;
+  for (int64_t k = 0; k < K; ++k) {
+    const py::ssize_t m = static_cast<py::ssize_t>(vals[k].size());
+    py::array_t<int64_t> s({m, static_cast<py::ssize_t>(3)});
+    py::array_t<float> v(m);
+    if (m > 0) {
+      std::memcpy(s.mutable_data(), starts[k].data(), starts[k].size() * sizeof(int64_t));
+      std::memcpy(v.mutable_data(), vals[k].data(), vals[k].size() * sizeof(float));
+    }
+    out.append(py::make_tuple(s, v));
+  }
+  return out;
+}
+
+std::vector<std::string> split_archs(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char ch : s) {
+    if (ch == ';' || ch == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(ch);
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+}  // namespace
+
+void claspe_cuda_build_info(py::dict& d) {
+  std::string why;
+  const int n = cu::device_count(&why);
+  d["cuda_built"] = true;
+  d["cuda_archs"] = split_archs(CLASPE_CUDA_ARCHS);
+  d["cuda_device_count"] = n;
+  d["cuda_runtime_version"] = cu::runtime_version();
+  d["cuda_driver_version"] = cu::driver_version();
+  if (n == 0) d["cuda_unavailable_reason"] = why.empty() ? std::string("no CUDA device") : why;
+}
+
+void claspe_register_cuda(py::module_& m) {
+  m.attr("CUDA_ARCHS") = split_archs(CLASPE_CUDA_ARCHS);
+  m.def(
+      "cuda_device_count",
+      []() {
+        std::string why;
+        const int n = cu::device_count(&why);
+        return py::make_tuple(n, why);
+      },
+      "(number of usable CUDA devices, reason when 0); never raises");
+  m.def("cuda_pointer_device", &cu::pointer_device, py::arg("ptr"),
+        "device ordinal of a device pointer, -1 for host/unknown memory");
+  m.def(
+      "cuda_synchronize",
+      [](int device, uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cu::stream_synchronize(device, stream);
+      },
+      py::arg("device"), py::arg("stream"));
+  m.def("cuda_check", &check, py::arg("array"), py::arg("lo"), py::arg("hi"), py::arg("sum_axis0"),
+        py::arg("device"), py::arg("stream"), "value checks (NaN/Inf/range/channel sums); synchronizes");
+  m.def("cuda_accumulate", &accumulate, py::arg("fold"), py::arg("sum"), py::arg("ent_sum"), py::arg("logits"),
+        py::arg("device"), py::arg("stream"));
+  m.def("cuda_score_maps", &score_maps, py::arg("src"), py::arg("src_div"), py::arg("kind"), py::arg("classes"),
+        py::arg("mfe"), py::arg("mfe_div"), py::arg("out"), py::arg("device"), py::arg("stream"));
+  m.def(
+      "cuda_divide",
+      [](uintptr_t in, float div, uintptr_t out, int64_t n, int device, uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cu::divide(in, div, out, n, device, stream);
+      },
+      py::arg("src"), py::arg("div"), py::arg("out"), py::arg("n"), py::arg("device"), py::arg("stream"));
+  m.def("cuda_box_mean", &box_mean, py::arg("maps"), py::arg("patch"), py::arg("stride"), py::arg("t1"),
+        py::arg("t2"), py::arg("out"), py::arg("device"), py::arg("stream"));
+  m.def("cuda_power_noise", &power_noise, py::arg("scores"), py::arg("beta"), py::arg("seed"), py::arg("loop"),
+        py::arg("image"), py::arg("key"), py::arg("noise"), py::arg("out"), py::arg("device"), py::arg("stream"));
+  m.def("cuda_select", &select_patches, py::arg("scores"), py::arg("keys"), py::arg("volume_shape"), py::arg("patch"),
+        py::arg("stride"), py::arg("quotas"), py::arg("blocked"), py::arg("device"), py::arg("stream"),
+        "rank on the GPU, greedy non-overlap walk on the host; returns [(starts int64 [n,3], scores f32 [n])]");
+}

@@ -1,0 +1,415 @@
+// CUDA kernels of the query engine: value checks, fold accumulation (fused softmax), score maps,
+// box mean at stride positions, Philox power noise.  Arithmetic = claspe/reference.py (see engine.h).
+//
+// Parallelization keeps every reduction order of the reference: one thread per voxel for the channel
+// loops (channels summed sequentially c = 0..C-1), one thread per line for the box-mean prefix sums
+// (sequential along the line, float64), elementwise for the noise.  Nothing is reduced across
+// threads except the boolean/max results of check_values, whose order does not matter.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "common/philox.h"
+#include "common/portable_math.h"
+#include "cuda/device_util.cuh"
+#include "cuda/engine.h"
+
+namespace claspe {
+namespace cuda {
+
+// ---------------------------------------------------------------------------------------------
+// runtime queries
+// ---------------------------------------------------------------------------------------------
+
+int device_count(std::string* why) {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    if (why) *why = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+    return 0;
+  }
+  if (why) why->clear();
+  return n;
+}
+
+int pointer_device(uintptr_t ptr) {
+  cudaPointerAttributes attr;
+  const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return attr.device;
+  return -1;
+}
+
+std::string runtime_version() {
+  int v = 0;
+  if (cudaRuntimeGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return "unknown";
+  }
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+std::string driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess || v == 0) {
+    cudaGetLastError();
+    return "none";
+  }
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+void stream_synchronize(int device, uintptr_t stream) {
+  DeviceGuard g(device);
+  check_cuda(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+}
+
+// ---------------------------------------------------------------------------------------------
+// value checks
+// ---------------------------------------------------------------------------------------------
+
+enum CheckFlag : unsigned { kNaN = 1u, kPosInf = 2u, kNegInf = 4u, kBelow = 8u, kAbove = 16u };
+
+__global__ void k_check(View a, int64_t npos, int64_t nchan, bool sum_axis0, double lo, double hi,
+                        unsigned* flags, unsigned* maxdev_bits) {
+  unsigned f = 0;
+  float dev = 0.0f;
+  const int64_t cs = channel_stride(a);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < npos;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = sum_axis0 ? offset3(a, i) : offset4(a, i);
+    float s = 0.0f;
+    for (int64_t c = 0; c < nchan; ++c) {
+      const double x = load_d(a, base + c * cs);
+      if (x != x) {
+        f |= kNaN;
+      } else if (isinf(x)) {
+        f |= (x > 0) ? kPosInf : kNegInf;
+      }
+      if (x < lo) f |= kBelow;
+      if (x > hi) f |= kAbove;
+      s = s + static_cast<float>(x);
+    }
+    if (sum_axis0) {
+      const float d = fabsf(s - 1.0f);
+      if (d > dev || d != d) dev = (d != d) ? __int_as_float(0x7f800000) : d;
+    }
+  }
+  if (f) atomicOr(flags, f);
+  if (sum_axis0 && dev > 0.0f) atomicMax(maxdev_bits, __float_as_uint(dev));
+}
+
+CheckResult check_values(const DevArray& arr, double lo, double hi, bool sum_axis0, int device, uintptr_t stream) {
+  DeviceGuard g(device);
+  const cudaStream_t st = as_stream(stream);
+  const View a = make_view(arr);
+  const int64_t nchan = sum_axis0 ? arr.shape[0] : 1;
+  const int64_t npos = sum_axis0 ? arr.shape[1] * arr.shape[2] * arr.shape[3] : arr.size();
+  unsigned* d = nullptr;
+  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&d), 2 * sizeof(unsigned), st), "cudaMallocAsync");
+  unsigned h[2] = {0, 0};
+  cudaError_t err = cudaMemsetAsync(d, 0, 2 * sizeof(unsigned), st);
+  if (err == cudaSuccess) {
+    k_check<<<blocks_for(npos), kThreads, 0, st>>>(a, npos, nchan, sum_axis0, lo, hi, d, d + 1);
+    err = cudaGetLastError();
+  }
+  if (err == cudaSuccess) err = cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, st);
+  cudaFreeAsync(d, st);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(st);
+  check_cuda(err, "check_values");
+  CheckResult r;
+  r.nan = h[0] & kNaN;
+  r.posinf = h[0] & kPosInf;
+  r.neginf = h[0] & kNegInf;
+  r.below = h[0] & kBelow;
+  r.above = h[0] & kAbove;
+  float dev;
+  memcpy(&dev, &h[1], sizeof dev);
+  r.max_sum_dev = dev;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// fold accumulation with fused softmax
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ float ld(const T* p, int64_t off);
+template <>
+__device__ __forceinline__ float ld<float>(const float* p, int64_t off) {
+  return __ldg(p + off);
+}
+template <>
+__device__ __forceinline__ float ld<__half>(const __half* p, int64_t off) {
+  return __half2float(__ldg(p + off));
+}
+
+template <typename T, bool CONTIG, bool LOGITS, bool ENT>
+__global__ void k_accumulate(View f, int64_t N, int64_t C, float* __restrict__ sum, float* __restrict__ ent) {
+  const T* __restrict__ in = reinterpret_cast<const T*>(f.p);
+  const int64_t cs = CONTIG ? N : f.s[0];
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < N;
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = CONTIG ? v : offset3(f, v);
+    float h = 0.0f;
+    if (LOGITS) {
+      // reference.softmax: mx = max_c x_c; e_c = expf(x_c - mx); s = sum_c e_c; p_c = e_c / s.
+      // e_c is recomputed in the second loop (same inputs, same bits) instead of being stored.
+      float mx = ld<T>(in, base);
+      for (int64_t c = 1; c < C; ++c) {
+        const float x = ld<T>(in, base + c * cs);
+        mx = (mx >= x) ? mx : x;
+      }
+      float s = 0.0f;
+      for (int64_t c = 0; c < C; ++c) s = s + expf_portable(ld<T>(in, base + c * cs) - mx);
+      for (int64_t c = 0; c < C; ++c) {
+        const float p = expf_portable(ld<T>(in, base + c * cs) - mx) / s;
+        sum[c * N + v] = sum[c * N + v] + p;
+        if (ENT) h = h + plogp(p);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const float p = ld<T>(in, base + c * cs);
+        sum[c * N + v] = sum[c * N + v] + p;
+        if (ENT) h = h + plogp(p);
+      }
+    }
+    if (ENT) ent[v] = ent[v] + (-h);
+  }
+}
+
+template <typename T, bool CONTIG>
+static void launch_accumulate(const View& f, int64_t N, int64_t C, float* sum, float* ent, bool logits,
+                              cudaStream_t st) {
+  const unsigned nb = blocks_for(N);
+  if (logits) {
+    if (ent)
+      k_accumulate<T, CONTIG, true, true><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+    else
+      k_accumulate<T, CONTIG, true, false><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+  } else {
+    if (ent)
+      k_accumulate<T, CONTIG, false, true><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+    else
+      k_accumulate<T, CONTIG, false, false><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+  }
+}
+
+void accumulate_fold(const DevArray& fold, uintptr_t sum, uintptr_t ent_sum, bool logits, int device,
+                     uintptr_t stream) {
+  if (fold.dtype != kF32 && fold.dtype != kF16) throw std::invalid_argument("fold must be float32 or float16");
+  DeviceGuard g(device);
+  const cudaStream_t st = as_stream(stream);
+  const View f = make_view(fold);
+  const int64_t C = fold.shape[0];
+  const int64_t N = fold.shape[1] * fold.shape[2] * fold.shape[3];
+  float* s = reinterpret_cast<float*>(sum);
+  float* e = reinterpret_cast<float*>(ent_sum);
+  if (fold.dtype == kF16) {
+    if (f.contig)
+      launch_accumulate<__half, true>(f, N, C, s, e, logits, st);
+    else
+      launch_accumulate<__half, false>(f, N, C, s, e, logits, st);
+  } else {
+    if (f.contig)
+      launch_accumulate<float, true>(f, N, C, s, e, logits, st);
+    else
+      launch_accumulate<float, false>(f, N, C, s, e, logits, st);
+  }
+  CLASPE_CHECK_LAUNCH("accumulate_fold");
+}
+
+// ---------------------------------------------------------------------------------------------
+// score maps
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kMaxClasses = 512;
+struct ClassList {
+  int n;
+  int c[kMaxClasses];
+};
+
+__global__ void k_score_maps(View src, int64_t N, int64_t C, float div, int kind, ClassList cls, View mfe,
+                             float mfe_div, float* __restrict__ out) {
+  const int64_t cs = channel_stride(src);
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < N;
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = offset3(src, v);
+    float pe = 0.0f;
+    if (kind != kExpectedEntropy) {
+      float h = 0.0f;  // reference.entropy: h = sum_c plogp(p_c), sequential; PE = -h
+      for (int64_t c = 0; c < C; ++c) h = h + plogp(load_f(src, base + c * cs) / div);
+      pe = -h;
+    }
+    switch (kind) {
+      case kPE:
+        out[v] = pe;
+        break;
+      case kClassPE:
+        for (int j = 0; j < cls.n; ++j) out[j * N + v] = pe * (load_f(src, base + cls.c[j] * cs) / div);
+        out[cls.n * N + v] = pe;
+        break;
+      case kBALD: {
+        const float m = load_f(mfe, offset3(mfe, v)) / mfe_div;
+        const float d = pe - m;
+        out[v] = (d >= 0.0f) ? d : 0.0f;  // np.maximum(d, 0)
+        break;
+      }
+      default:  // expected entropy
+        out[v] = load_f(mfe, offset3(mfe, v)) / mfe_div;
+        break;
+    }
+  }
+}
+
+void score_maps(const DevArray& src, float src_div, int kind, const std::vector<int>& classes, const DevArray* mfe,
+                float mfe_div, uintptr_t out, int device, uintptr_t stream) {
+  if (kind < kPE || kind > kExpectedEntropy) throw std::invalid_argument("unknown score kind");
+  if (static_cast<int>(classes.size()) > kMaxClasses)
+    throw std::invalid_argument("class_pe supports at most " + std::to_string(kMaxClasses) + " classes");
+  if ((kind == kBALD || kind == kExpectedEntropy) && mfe == nullptr)
+    throw std::invalid_argument("bald / expected_entropy need the mean fold entropy");
+  ClassList cl;
+  cl.n = kind == kClassPE ? static_cast<int>(classes.size()) : 0;
+  for (int j = 0; j < cl.n; ++j) cl.c[j] = classes[j];
+  DeviceGuard g(device);
+  const cudaStream_t st = as_stream(stream);
+  const View s = make_view(src);
+  const View m = mfe ? make_view(*mfe) : s;
+  const int64_t N = src.shape[1] * src.shape[2] * src.shape[3];
+  k_score_maps<<<blocks_for(N), kThreads, 0, st>>>(s, N, src.shape[0], src_div, kind, cl, m, mfe_div,
+                                                    reinterpret_cast<float*>(out));
+  CLASPE_CHECK_LAUNCH("score_maps");
+}
+
+__global__ void k_divide(const float* __restrict__ in, float div, float* __restrict__ out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = in[i] / div;
+}
+
+void divide(uintptr_t in, float div, uintptr_t out, int64_t n, int device, uintptr_t stream) {
+  DeviceGuard g(device);
+  k_divide<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(reinterpret_cast<const float*>(in), div,
+                                                               reinterpret_cast<float*>(out), n);
+  CLASPE_CHECK_LAUNCH("divide");
+}
+
+// ---------------------------------------------------------------------------------------------
+// box mean: per axis Z, Y, X, sequential float64 prefix sums along each line (reference.box_mean)
+// ---------------------------------------------------------------------------------------------
+// A line's prefix sum P is evaluated twice by running sums that advance in lockstep: `lead` at the
+// window end and `lag` at the window start.  Both repeat the reference's sequential additions
+// P[j+1] = P[j] + v[j] from P[0] = 0, so P[i*s + p] - P[i*s] has exactly the reference's bits
+// without storing P.
+
+__global__ void k_box_z(View m, int64_t L, int64_t Z, int64_t p, int64_t s, int64_t nz, double* __restrict__ out) {
+  for (int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; l < L;
+       l += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t base, sz;
+    if (m.contig) {
+      base = l * Z;
+      sz = 1;
+    } else {
+      const int64_t y = l % m.n[2];
+      const int64_t t = l / m.n[2];
+      const int64_t x = t % m.n[1];
+      const int64_t k = t / m.n[1];
+      base = k * m.s[0] + x * m.s[1] + y * m.s[2];
+      sz = m.s[3];
+    }
+    double lead = 0.0, lag = 0.0;
+    int64_t jd = 0, jl = 0;
+    for (int64_t i = 0; i < nz; ++i) {
+      const int64_t st = i * s;
+      const int64_t en = st + p;
+      for (; jl < st; ++jl) lag = lag + load_d(m, base + jl * sz);
+      for (; jd < en; ++jd) lead = lead + load_d(m, base + jd * sz);
+      out[l * nz + i] = lead - lag;
+    }
+  }
+}
+
+template <bool FINAL>
+__global__ void k_box_line(const double* __restrict__ in, int64_t L, int64_t inner, int64_t D, int64_t p, int64_t s,
+                           int64_t n, double* __restrict__ out, float* __restrict__ outf, double vol) {
+  for (int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; l < L;
+       l += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = l % inner;
+    const int64_t o = l / inner;
+    const double* line = in + o * D * inner + r;
+    const int64_t obase = o * n * inner + r;
+    double lead = 0.0, lag = 0.0;
+    int64_t jd = 0, jl = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t st = i * s;
+      const int64_t en = st + p;
+      for (; jl < st; ++jl) lag = lag + line[jl * inner];
+      for (; jd < en; ++jd) lead = lead + line[jd * inner];
+      const double w = lead - lag;
+      if (FINAL)
+        outf[obase + i * inner] = static_cast<float>(w / vol);
+      else
+        out[obase + i * inner] = w;
+    }
+  }
+}
+
+void box_mean(const DevArray& maps, const int64_t patch[3], const int64_t stride[3], uintptr_t t1, uintptr_t t2,
+              uintptr_t out, int device, uintptr_t stream) {
+  const int64_t K = maps.shape[0], X = maps.shape[1], Y = maps.shape[2], Z = maps.shape[3];
+  const int64_t px = std::min(patch[0], X), py = std::min(patch[1], Y), pz = std::min(patch[2], Z);
+  const int64_t nx = (X - px) / stride[0] + 1, ny = (Y - py) / stride[1] + 1, nz = (Z - pz) / stride[2] + 1;
+  const double vol = static_cast<double>(px * py * pz);
+  DeviceGuard g(device);
+  const cudaStream_t st = as_stream(stream);
+  double* a = reinterpret_cast<double*>(t1);
+  double* b = reinterpret_cast<double*>(t2);
+  const int64_t L1 = K * X * Y;
+  k_box_z<<<blocks_for(L1), kThreads, 0, st>>>(make_view(maps), L1, Z, pz, stride[2], nz, a);
+  CLASPE_CHECK_LAUNCH("box_mean (z)");
+  const int64_t L2 = K * X * nz;  // lines along Y of [K, X, Y, nz]
+  k_box_line<false><<<blocks_for(L2), kThreads, 0, st>>>(a, L2, nz, Y, py, stride[1], ny, b, nullptr, vol);
+  CLASPE_CHECK_LAUNCH("box_mean (y)");
+  const int64_t L3 = K * ny * nz;  // lines along X of [K, X, ny, nz]
+  k_box_line<true><<<blocks_for(L3), kThreads, 0, st>>>(b, L3, ny * nz, X, px, stride[0], nx, nullptr,
+                                                         reinterpret_cast<float*>(out), vol);
+  CLASPE_CHECK_LAUNCH("box_mean (x)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// power noise
+// ---------------------------------------------------------------------------------------------
+
+__global__ void k_power_noise(View sc, int64_t n, double beta, uint64_t seed, uint32_t loop, uint32_t image,
+                              uint32_t key, View nz, bool has_noise, float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float s = load_f(sc, offset4(sc, i));
+    if (has_noise)
+      out[i] = log_plus_noise(s, load_d(nz, offset4(nz, i)));
+    else
+      out[i] = power_noised(s, gumbel_at(seed, loop, image, key, static_cast<uint32_t>(i)), beta);
+  }
+}
+
+void power_noise(const DevArray& scores, double beta, uint64_t seed, uint32_t loop, uint32_t image, uint32_t key,
+                 const DevArray* noise, uintptr_t out, int device, uintptr_t stream) {
+  const int64_t n = scores.size();
+  if (n >= (int64_t(1) << 32)) throw std::invalid_argument("more than 2**32 candidate positions");
+  DeviceGuard g(device);
+  const View s = make_view(scores);
+  const View z = noise ? make_view(*noise) : s;
+  k_power_noise<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(s, n, beta, seed, loop, image, key, z,
+                                                                    noise != nullptr, reinterpret_cast<float*>(out));
+  CLASPE_CHECK_LAUNCH("power_noise");
+}
+
+}  // namespace cuda
+}  // namespace claspe
