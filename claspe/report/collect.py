@@ -48,6 +48,7 @@ class Collection:
     runs_df: pd.DataFrame  # one row per (run, loop with a result)
     classes_df: pd.DataFrame  # one row per (run, loop, class)
     status_df: pd.DataFrame  # one row per run: complete?, missing loops
+    settings: dict = field(default_factory=dict)  # setting id -> setting dict (SETTING_KEYS)
 
 
 def setting_of(cfg: ExperimentConfig) -> dict:
@@ -122,11 +123,12 @@ def collect_runs(root) -> Collection:
                 continue
             run.results[k] = doc
         runs.append(run)
-    rows, crow, srow = [], [], []
+    rows, crow, srow, settings = [], [], [], {}
     for run in runs:
         cfg = run.config
         s = setting_of(cfg)
         sid, label = setting_id(s), setting_label(s)
+        settings[sid] = s
         method = _method_name(cfg.strategy)
         base = {"setting": sid, "setting_label": label, **{k: s[k] for k in ("dataset", "label_regime")},
                 "method": method, "strategy": cfg.strategy, "seed": cfg.seed, "trainer": cfg.trainer,
@@ -155,7 +157,7 @@ def collect_runs(root) -> Collection:
     status_df = pd.DataFrame(srow, columns=["setting", "setting_label", "method", "seed", "loops_done", "loops_total",
                                             "complete", "missing_loops", "exp_dir"])
     log.info("collected %d experiments (%d complete) under %s", len(runs), int(status_df["complete"].sum()), root)
-    return Collection(root, runs, problems, runs_df, classes_df, status_df)
+    return Collection(root, runs, problems, runs_df, classes_df, status_df, settings)
 
 
 def missing_report(col: Collection) -> list[str]:
