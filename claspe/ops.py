@@ -9,11 +9,28 @@ then routes to a backend:
 
 ``backend="auto"`` picks ``cuda`` for GPU arrays, else ``cpu`` when built, else ``numpy``.
 All backends give bit-identical results (see :mod:`claspe.reference` for the arithmetic contract).
+Each op chooses its backend in exactly one place (``backend = _resolve_backend(...)`` followed by one
+``if backend == ...`` block), which is where a new backend is wired in.
+
+Entry points: :class:`FoldAccumulator` (one fold at a time: prediction streams folds into it),
+:func:`fold_box_scores` (all folds of an image at once, read block-wise: each input byte is read once
+and neither the fold sum nor the full-size score maps are ever materialised), :func:`score_maps`,
+:func:`box_mean`, :func:`power_noise`, :func:`select_patches`, :func:`grid_shape`, and the thread
+controls :func:`set_num_threads` / :func:`get_num_threads` / :func:`threads`.
+
+Input copies: the CPU engine reads float32/float16 arrays with any strides (no copy; memory-mapped
+``.npy`` files are read in place).  Other float dtypes are rejected.  The small candidate-grid arrays
+of :func:`power_noise` and :func:`select_patches` are converted to contiguous float32 (a copy of a
+grid-sized array).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -79,8 +96,16 @@ def _as_float_array(a, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
     return a
 
 
-def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.isfinite(a).all():
+def _C():
+    return _ext._C
+
+
+def _check_finite(a: np.ndarray, name: str, backend: str = "numpy") -> None:
+    if backend == "cpu" and 1 <= a.ndim <= 4:
+        bad = _C().check_finite(a)
+    else:
+        bad = not np.isfinite(a).all()
+    if bad:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
@@ -89,7 +114,35 @@ def prob_tolerance(dtype) -> float:
     return 5e-3 if np.dtype(dtype) == np.float16 else 1e-3
 
 
-def _check_probabilities(p: np.ndarray, name: str) -> None:
+# bits of the engine's validation flags (csrc/common/scores.h CheckFlag)
+_FLAG_NONFINITE, _FLAG_RANGE, _FLAG_SUM = 1, 2, 4
+
+
+def _raise_flags(flags: int, maxdev: float, name: str, tol: float) -> None:
+    """Turns the engine's validation flags into the same ValueErrors as the NumPy checks."""
+    if flags & _FLAG_NONFINITE:
+        raise ValueError(f"{name} contains NaN or Inf")
+    if flags & _FLAG_RANGE:
+        raise ValueError(f"{name}: probabilities outside [0, 1] (are these logits? pass logits=True)")
+    if flags & _FLAG_SUM:
+        raise ValueError(
+            f"{name}: probabilities do not sum to 1 over the class axis (max deviation {maxdev:.3g} > "
+            f"{tol}); pass logits=True for logits"
+        )
+
+
+def _check_probabilities(p: np.ndarray, name: str, backend: str = "numpy") -> None:
+    """Finite, within [-tol, 1+tol] and summing to 1 +- tol over axis 0 (tol: :func:`prob_tolerance`).
+
+    The CPU engine checks in one pass in float32 (thresholds float32(-tol), float32(1+tol)); the
+    NumPy check compares in the input dtype, so the two can differ only for values within one
+    float16 ulp of a threshold.
+    """
+    if backend == "cpu" and p.ndim == 4:
+        tol = prob_tolerance(p.dtype)
+        flags, maxdev = _C().check_probs(p, tol)
+        _raise_flags(flags, maxdev, name, tol)
+        return
     _check_finite(p, name)
     tol = prob_tolerance(p.dtype)
     if (p < -tol).any() or (p > 1 + tol).any():
@@ -106,32 +159,98 @@ def _check_probabilities(p: np.ndarray, name: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# threads
+# ----------------------------------------------------------------------------------------------
+
+
+def set_num_threads(n: int) -> None:
+    """OpenMP threads of the CPU engine for later calls from this thread (results never depend on it)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    if _ext.HAS_EXT:
+        _C().set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """OpenMP threads the CPU engine will use (1 without the extension)."""
+    return int(_C().get_num_threads()) if _ext.HAS_EXT else 1
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """``with ops.threads(2): ...`` runs the CPU engine with ``n`` threads, then restores the count."""
+    before = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------
 # fold accumulation and score maps
 # ----------------------------------------------------------------------------------------------
+
+
+def _score_kind(score: str) -> int:
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; valid: {SCORES}")
+    return SCORES.index(score)  # csrc/common/scores.h ScoreKind order
+
+
+def _check_score_classes(score: str, classes, n_channels: int) -> list[int]:
+    _score_kind(score)
+    if score != "class_pe":
+        return []
+    if classes is None or len(classes) == 0:
+        raise ValueError("score 'class_pe' needs a non-empty list of classes")
+    try:
+        cls = [int(c) for c in classes]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"classes must be integers, got {classes!r}") from exc
+    bad = [c for c in cls if not 0 <= c < n_channels]
+    if bad:
+        raise ValueError(f"classes {bad} are not channels of the probabilities (C={n_channels})")
+    return cls
 
 
 class FoldAccumulator:
     """Running fold sum of softmax probabilities, one fold at a time (folds are never stacked).
 
     ``add(fold, logits=False)`` takes one fold's [C, X, Y, Z] probabilities (or logits, softmax
-    fused, with ``logits=True``), float32 or float16.  With ``track_fold_entropy=True`` the
-    per-fold entropy is summed in the same pass (needed by BALD and expected entropy).
+    fused, with ``logits=True``), float32 or float16, any strides.  With ``track_fold_entropy=True``
+    the per-fold entropy is summed in the same pass (needed by BALD and expected entropy).
+    Probabilities must be finite, within [0, 1] and sum to 1 over the classes, up to
+    :func:`prob_tolerance`; logits must be finite.
 
-    If ``add`` raises (bad input), the accumulator is left *unchanged*.
+    If ``add`` raises (bad input), the accumulator is left *unchanged* (the CPU engine validates
+    the whole fold before it writes anything).
+
+    Memory: the float32 sum [C, X, Y, Z] (+ [X, Y, Z] with fold entropy).  When all folds are at
+    hand, :func:`fold_box_scores` needs neither.
     """
 
     def __init__(self, *, track_fold_entropy: bool = False, backend: str = "auto") -> None:
         self.track_fold_entropy = bool(track_fold_entropy)
-        self._backend_req = backend
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self._impl = None
+        self._backend_req = backend
         self.backend: str | None = None
         self.shape: tuple[int, ...] | None = None
+        self._sum: np.ndarray | None = None
+        self._ent: np.ndarray | None = None
+        self._n = 0
 
     @property
     def n_folds(self) -> int:
-        return 0 if self._impl is None else self._impl.n_folds
+        return self._n
+
+    @property
+    def fold_sum(self) -> np.ndarray:
+        """The running float32 sum [C, X, Y, Z] (fold order, starting from 0)."""
+        self._require()
+        return self._sum
 
     def add(self, fold, *, logits: bool = False) -> None:
         backend = _resolve_backend(self._backend_req if self.backend is None else self.backend, fold)
@@ -142,36 +261,75 @@ class FoldAccumulator:
             if a.shape[0] != self.shape[0]:
                 raise ValueError(f"fold has {a.shape[0]} classes, earlier folds had {self.shape[0]}")
             raise ValueError(f"fold shape {a.shape} differs from earlier folds {self.shape}")
-        if logits:
-            _check_finite(a, "fold logits")
-        else:
-            _check_probabilities(a, "fold")
-        if self._impl is None:
-            self._impl = _ref.FoldAccumulator(track_fold_entropy=self.track_fold_entropy)
+        first = self._sum is None
+        if backend == "cpu":
+            tol = prob_tolerance(a.dtype)
+            s = np.empty(a.shape, np.float32) if first else self._sum
+            e = None
+            if self.track_fold_entropy:
+                e = np.empty(a.shape[1:], np.float32) if first else self._ent
+            flags, maxdev = _C().fold_add(a, bool(logits), tol, s, e, first)
+            _raise_flags(flags, maxdev, "fold logits" if logits else "fold", tol)  # nothing was written
+        else:  # "numpy"
+            if logits:
+                _check_finite(a, "fold logits")
+                p = _ref.softmax(a)
+            else:
+                _check_probabilities(a, "fold")
+                p = a.astype(np.float32)
+            s = ((np.zeros(a.shape, np.float32) if first else self._sum) + p).astype(np.float32)
+            e = None
+            if self.track_fold_entropy:
+                prev = np.zeros(a.shape[1:], np.float32) if first else self._ent
+                e = (prev + _ref.entropy(p)).astype(np.float32)
+        self._sum, self._ent = s, e
+        if first:
             self.backend = backend
             self.shape = a.shape
-        self._impl.add(a, logits=logits)
+        self._n += 1
 
     def _require(self) -> None:
-        if self._impl is None or self.n_folds == 0:
+        if self._sum is None or self._n == 0:
             raise ValueError("no fold was added to the accumulator")
 
     def mean(self) -> np.ndarray:
-        """Fold-mean probabilities [C, X, Y, Z] float32."""
+        """Fold-mean probabilities [C, X, Y, Z] float32: sum / float32(n_folds)."""
         self._require()
-        return self._impl.mean()
+        return (self._sum / np.float32(self._n)).astype(np.float32)
 
     def mean_fold_entropy(self) -> np.ndarray:
+        """Mean per-fold entropy [X, Y, Z] float32 (needs ``track_fold_entropy=True``)."""
         self._require()
         if not self.track_fold_entropy:
             raise ValueError("mean fold entropy needs FoldAccumulator(track_fold_entropy=True)")
-        return self._impl.mean_fold_entropy()
+        return (self._ent / np.float32(self._n)).astype(np.float32)
+
+    def _score_args(self, score: str, classes):
+        self._require()
+        cls = _check_score_classes(score, classes, self.shape[0])
+        if score in ("bald", "expected_entropy") and not self.track_fold_entropy:
+            raise ValueError(f"score {score!r} needs FoldAccumulator(track_fold_entropy=True)")
+        return cls
 
     def score_maps(self, score: str = "pe", classes: Sequence[int] | None = None) -> np.ndarray:
-        """Score maps [K, X, Y, Z] float32 (see :func:`score_maps`)."""
-        self._require()
+        """Score maps [K, X, Y, Z] float32 (see :func:`score_maps`), computed from the fold sums."""
+        cls = self._score_args(score, classes)
+        if self.backend == "cpu":
+            return _C().acc_maps(self._sum, self._ent, float(self._n), _score_kind(score), cls)
         mfe = self.mean_fold_entropy() if score in ("bald", "expected_entropy") else None
-        return score_maps(self.mean(), score, classes, mean_fold_entropy=mfe, backend="numpy", _validated=True)
+        return _ref.score_maps(self.mean(), score, cls, mfe)
+
+    def box_scores(self, score: str = "pe", classes: Sequence[int] | None = None, *, patch, stride=1) -> np.ndarray:
+        """``box_mean(self.score_maps(score, classes), patch, stride)`` fused: [K, nx, ny, nz] float32.
+
+        Bit-identical to the two-step version, without materialising the full-size score maps.
+        """
+        cls = self._score_args(score, classes)
+        patch = _triple(patch, "patch")
+        stride = _triple(stride, "stride")
+        if self.backend == "cpu":
+            return _C().acc_box(self._sum, self._ent, float(self._n), _score_kind(score), cls, patch, stride)
+        return _ref.box_mean(self.score_maps(score, cls), patch, stride)
 
 
 def score_maps(
@@ -181,25 +339,18 @@ def score_maps(
     *,
     mean_fold_entropy=None,
     backend: str = "auto",
-    _validated: bool = False,
 ) -> np.ndarray:
     """Score maps [K, X, Y, Z] float32 from fold-mean probabilities [C, X, Y, Z].
 
     ``score``: ``pe`` -> [PE]; ``class_pe`` -> [PE*p_c for c in classes] + [PE] (PE last);
     ``bald`` -> [max(PE - mean fold entropy, 0)]; ``expected_entropy`` -> [mean fold entropy].
+    ``mean_fold_entropy`` [X, Y, Z] is required for ``bald`` and ``expected_entropy``.
     """
-    if score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; valid: {SCORES}")
-    if not _validated:
-        mean = _as_float_array(mean, "mean", 4)
-        _check_probabilities(mean, "mean")
-    if score == "class_pe":
-        if classes is None or len(classes) == 0:
-            raise ValueError("score 'class_pe' needs a non-empty list of classes")
-        bad = [c for c in classes if not 0 <= int(c) < mean.shape[0]]
-        if bad:
-            raise ValueError(f"classes {bad} are not channels of the probabilities (C={mean.shape[0]})")
-        classes = [int(c) for c in classes]
+    _score_kind(score)
+    mean = _as_float_array(mean, "mean", 4)
+    backend = _resolve_backend(backend, mean)
+    _check_probabilities(mean, "mean", backend)
+    cls = _check_score_classes(score, classes, mean.shape[0])
     if score in ("bald", "expected_entropy"):
         if mean_fold_entropy is None:
             raise ValueError(f"score {score!r} needs mean_fold_entropy (track_fold_entropy=True)")
@@ -208,8 +359,180 @@ def score_maps(
             raise ValueError(
                 f"mean_fold_entropy shape {mean_fold_entropy.shape} != spatial shape {mean.shape[1:]}"
             )
-    _resolve_backend(backend, mean)
-    return _ref.score_maps(np.asarray(mean, np.float32), score, classes, mean_fold_entropy)
+        _check_finite(mean_fold_entropy, "mean_fold_entropy")
+    else:
+        mean_fold_entropy = None
+    if backend == "cpu":
+        # the engine divides fold sums by the fold count: with count 1 that is the mean itself
+        return _C().acc_maps(mean, mean_fold_entropy, 1.0, _score_kind(score), cls)
+    return _ref.score_maps(np.asarray(mean, np.float32), score, cls, mean_fold_entropy)
+
+
+# ----------------------------------------------------------------------------------------------
+# all folds at once: fused accumulation + score maps + box mean
+# ----------------------------------------------------------------------------------------------
+
+
+class _MappedNpy:
+    """A ``.npy`` file memory-mapped read-only; ``release(x0, x1)`` drops the pages of planes
+    x0..x1-1 of a [C, X, Y, Z] array from this process (they stay in the page cache), so reading a
+    large file plane-block by plane-block keeps the resident set small."""
+
+    def __init__(self, path, what: str) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{what}: file {p} not found")
+        if p.suffix.lower() != ".npy":
+            raise ValueError(f"{what}: {p} is not a .npy file (fold_box_scores memory-maps .npy files)")
+        with open(p, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            except ValueError as exc:
+                raise ValueError(f"{what}: {p} is not a valid .npy file ({exc})") from exc
+            offset = fh.tell()
+            size = os.fstat(fh.fileno()).st_size
+            need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if size < need:
+                raise ValueError(f"{what}: {p} is truncated ({size} bytes, header says {need})")
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self.path = p
+        self._offset = offset
+        count = int(np.prod(shape, dtype=np.int64))
+        if dtype not in (np.float32, np.float16) or dtype.hasobject:
+            self.array = np.empty((0,), np.float32)
+            self.close()
+            raise ValueError(f"{what}: {p} holds dtype {dtype}; must be float32 or float16")
+        flat = np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset)
+        self.array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+        self._contiguous = not fortran
+
+    def release(self, x0: int, x1: int) -> None:
+        a = self.array
+        if not self._contiguous or a.ndim != 4 or x1 <= x0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        C, _, Y, Z = a.shape
+        plane = Y * Z * a.itemsize
+        page = mmap.PAGESIZE
+        for c in range(C):
+            start = self._offset + (c * a.shape[1] + x0) * plane
+            end = start + (x1 - x0) * plane
+            start -= start % page
+            with contextlib.suppress(OSError, ValueError):
+                self._mm.madvise(mmap.MADV_DONTNEED, start, min(end, len(self._mm)) - start)
+
+    def close(self) -> None:
+        self.array = None
+        with contextlib.suppress(BufferError, ValueError):
+            self._mm.close()
+
+
+def _fold_items(folds) -> list:
+    if isinstance(folds, (str, os.PathLike)):
+        raise ValueError("folds must be a sequence of fold arrays/paths or an [M, C, X, Y, Z] array, not one path")
+    if hasattr(folds, "detach") and hasattr(folds, "numpy"):
+        folds = folds.detach().numpy()
+    if isinstance(folds, np.ndarray):
+        if folds.ndim != 5:
+            raise ValueError(f"folds array must be [M, C, X, Y, Z], got shape {folds.shape}")
+        return [folds[m] for m in range(folds.shape[0])]
+    try:
+        items = list(folds)
+    except TypeError as exc:
+        raise ValueError(f"folds must be a sequence of arrays or .npy paths, got {type(folds).__name__}") from exc
+    if not items:
+        raise ValueError("folds is empty: need at least one fold")
+    return items
+
+
+def fold_box_scores(
+    folds,
+    *,
+    score: str = "pe",
+    classes: Sequence[int] | None = None,
+    patch,
+    stride=1,
+    logits: bool = False,
+    backend: str = "auto",
+    planes_per_block: int | None = None,
+) -> np.ndarray:
+    """Box-mean score maps [K, nx, ny, nz] float32 of all M folds of one image, in one fused pass.
+
+    Equal bit for bit to ``FoldAccumulator`` (adding the folds in order) followed by
+    ``box_mean(acc.score_maps(score, classes), patch, stride)``, but the folds are read block-wise
+    (a block of x-planes of every fold at a time): each input byte is read once, and neither the
+    [C, X, Y, Z] fold sum nor the full-size score maps are ever stored (working memory is a
+    few per-thread line buffers plus a float64 [K, X, ny, nz] array of partial window sums).
+
+    ``folds``: an [M, C, X, Y, Z] array, or a sequence of M items, each a [C, X, Y, Z] array
+    (float32/float16, any strides) or a path to a ``.npy`` file.  ``.npy`` files are memory-mapped
+    and the pages of each finished block are released, so the resident memory stays far below one
+    fold even for folds larger than RAM.  ``planes_per_block``: x-planes per block for memory-mapped
+    folds (default: about 64 MiB per fold, at least 2 per thread); arrays in memory are processed
+    in one block.  Validation as :meth:`FoldAccumulator.add`; errors name the fold index.
+    """
+    _score_kind(score)
+    patch = _triple(patch, "patch")
+    stride = _triple(stride, "stride")
+    items = _fold_items(folds)
+    mapped: list[_MappedNpy] = []
+    try:
+        arrays = []
+        for m, item in enumerate(items):
+            if isinstance(item, (str, os.PathLike)):
+                mapped.append(_MappedNpy(item, f"fold {m}"))
+                item = mapped[-1].array
+            a = _as_float_array(item, f"fold {m}", 4)
+            if arrays:
+                if a.shape[0] != arrays[0].shape[0]:
+                    raise ValueError(f"fold {m} has {a.shape[0]} classes, fold 0 has {arrays[0].shape[0]}")
+                if a.shape != arrays[0].shape:
+                    raise ValueError(f"fold {m} shape {a.shape} differs from fold 0 {arrays[0].shape}")
+                if a.dtype != arrays[0].dtype:
+                    raise ValueError(f"fold {m} dtype {a.dtype} differs from fold 0 {arrays[0].dtype}")
+            arrays.append(a)
+        cls = _check_score_classes(score, classes, arrays[0].shape[0])
+        backend = _resolve_backend(backend, *arrays)
+        if backend == "cpu":
+            return _fold_box_scores_cpu(arrays, mapped, score, cls, patch, stride, bool(logits), planes_per_block)
+        acc = FoldAccumulator(track_fold_entropy=score in ("bald", "expected_entropy"), backend="numpy")
+        for m, a in enumerate(arrays):
+            try:
+                acc.add(a, logits=logits)
+            except ValueError as exc:
+                raise ValueError(f"fold {m}: {exc}") from exc
+        return acc.box_scores(score, cls, patch=patch, stride=stride)
+    finally:
+        arrays = a = item = None  # drop views of the mapped files before unmapping them
+        for mp in mapped:
+            mp.close()
+
+
+def _fold_box_scores_cpu(arrays, mapped, score, cls, patch, stride, logits, planes_per_block) -> np.ndarray:
+    C, X, Y, Z = arrays[0].shape
+    grid = _ref.grid_shape((X, Y, Z), patch, stride)
+    K = len(cls) + 1 if score == "class_pe" else 1
+    t2 = np.empty((K, X, grid[1], grid[2]), np.float64)
+    if mapped:
+        if planes_per_block is None:
+            per_plane = C * Y * Z * arrays[0].itemsize
+            planes_per_block = max(2 * get_num_threads(), (64 << 20) // max(per_plane, 1))
+        step = max(1, int(planes_per_block))
+    else:
+        step = X
+    tol = prob_tolerance(arrays[0].dtype)
+    kind = _score_kind(score)
+    for x0 in range(0, X, step):
+        x1 = min(X, x0 + step)
+        checks = _C().folds_box_planes(arrays, logits, tol, kind, cls, patch, stride, x0, x1, t2)
+        for m, (flags, maxdev) in enumerate(checks):
+            _raise_flags(flags, maxdev, f"fold {m}" + (" logits" if logits else ""), tol)
+        for mp in mapped:
+            mp.release(x0, x1)
+    return _C().box_x_pass(t2, (X, Y, Z), patch, stride)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,8 +548,9 @@ def grid_shape(volume_shape, patch, stride) -> tuple[int, int, int]:
 def box_mean(maps, patch, stride=1, *, backend: str = "auto") -> np.ndarray:
     """Valid-mode box mean over ``patch`` (clipped per axis to the volume) at stride positions.
 
-    ``maps``: [K, X, Y, Z] or [X, Y, Z] float32/float16.  Returns float32 [K, nx, ny, nz] (or
-    [nx, ny, nz]); candidate i on an axis has start corner i*stride.
+    ``maps``: [K, X, Y, Z] or [X, Y, Z] float32/float16 (finite).  Returns float32 [K, nx, ny, nz]
+    (or [nx, ny, nz]); candidate i on an axis has start corner i*stride.  Running sums in float64
+    (Z, then Y, then X), so any box size costs O(N); equal to a conv3d box filter to ~1e-7 relative.
     """
     a = _as_float_array(maps, "maps", (3, 4))
     squeeze = a.ndim == 3
@@ -234,9 +558,12 @@ def box_mean(maps, patch, stride=1, *, backend: str = "auto") -> np.ndarray:
         a = a[None]
     patch = _triple(patch, "patch")
     stride = _triple(stride, "stride")
-    _check_finite(a, "maps")
-    _resolve_backend(backend, a)
-    out = _ref.box_mean(a, patch, stride)
+    backend = _resolve_backend(backend, a)
+    _check_finite(a, "maps", backend)
+    if backend == "cpu":
+        out = _C().box_mean(a, patch, stride)
+    else:
+        out = _ref.box_mean(a, patch, stride)
     return out[0] if squeeze else out
 
 
@@ -272,7 +599,14 @@ def power_noise(scores, beta=None, *, seed: int = 0, loop: int = 0, image: int =
             raise ValueError(f"noise shape {noise.shape} != scores shape {s.shape}")
         if not np.isfinite(noise).all():
             raise ValueError("noise contains NaN or Inf")
-    _resolve_backend(backend, s)
+    backend = _resolve_backend(backend, s)
+    if s.size >= 2**32:
+        raise ValueError(f"scores has {s.size} elements; the noise stream is indexed by 32-bit positions")
+    if backend == "cpu":
+        s32 = np.ascontiguousarray(s, dtype=np.float32)
+        if noise is None:
+            return _C().power_noise(s32, int(seed), int(loop), int(image), int(key) & 0xFFFFFFFF, float(beta))
+        return _C().log_plus_noise(s32, np.ascontiguousarray(noise, dtype=np.float64))
     return _ref.power_noise(s, beta, seed=int(seed), loop=int(loop), image=int(image), key=int(key), noise=noise)
 
 
@@ -295,12 +629,14 @@ def _check_boxes(blocked, name: str = "blocked") -> list[tuple[tuple[int, ...], 
 def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), backend: str = "auto"):
     """Greedy non-overlapping top-n per key inside one image.
 
-    ``scores`` [K, nx, ny, nz] float32 (e.g. noised box means), keys processed in order of axis 0;
-    key k takes up to ``quotas[k]`` boxes.  Ranking: higher score first, then lower flat index;
-    NaN is rejected, -inf ranks last.  Boxes of earlier keys and the ``blocked`` boxes (already
-    annotated; ``(start, size)`` tuples or :class:`claspe.Patch`) block overlapping candidates.
+    ``scores`` [K, nx, ny, nz] (or [nx, ny, nz] for one key) float32/float16 (e.g. noised box
+    means), keys processed in order of axis 0; key k takes up to ``quotas[k]`` boxes.  Ranking:
+    higher score first, then lower flat index; NaN and +inf are rejected, -inf ranks last (after
+    every finite score).  Boxes of earlier keys and the ``blocked`` boxes (already annotated;
+    ``(start, size)`` tuples or :class:`claspe.Patch`) block overlapping candidates.
     Returns per key ``(starts int64 [n_k, 3], scores float32 [n_k])``; n_k < quota when the
-    candidates run out (never hangs).
+    candidates run out (never hangs).  The CPU engine tests overlap in O(1) through a mask over the
+    candidate grid and ranks by partial selection, not a full sort.
     """
     a = _as_float_array(scores, "scores", (3, 4))
     if a.ndim == 3:
@@ -316,12 +652,18 @@ def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), b
             f"scores grid {tuple(a.shape[1:])} does not match volume {volume_shape}, patch {patch}, "
             f"stride {stride} (expected {expect})"
         )
-    quotas = [int(q) for q in quotas]
+    try:
+        quotas = [int(q) for q in quotas]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"quotas must be integers, got {quotas!r}") from exc
     if len(quotas) != a.shape[0]:
         raise ValueError(f"{len(quotas)} quotas for {a.shape[0]} keys")
     if any(q < 0 for q in quotas):
         raise ValueError(f"quotas must be >= 0, got {quotas}")
     boxes = _check_boxes(blocked)
-    _resolve_backend(backend, a)
+    backend = _resolve_backend(backend, a)
+    if backend == "cpu":
+        res = _C().select_patches(np.ascontiguousarray(a, dtype=np.float32), patch, stride, volume_shape, quotas, boxes)
+        return [(st, sc) for st, sc in res]
     return _ref.select_patches(a.astype(np.float32), patch=patch, stride=stride, volume_shape=volume_shape,
                                quotas=quotas, blocked=boxes)
