@@ -14,9 +14,15 @@ from claspe.protocol.config import ExperimentConfig, result_path
 STRATS = ["random", "pred_entropy"]
 
 
+def _prepared(root: Path, name: str) -> None:
+    """A folder that counts as prepared (prepare.json is what `claspe prepare` writes last)."""
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "prepare.json").write_text("{}")
+
+
 def _spec(tmp_path: Path, **over) -> dict:
-    (tmp_path / "data" / "Dataset001_A").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "data" / "Dataset002_B").mkdir(parents=True, exist_ok=True)
+    _prepared(tmp_path / "data", "Dataset001_A")
+    _prepared(tmp_path / "data", "Dataset002_B")
     d = {
         "data_root": "data",
         "overrides": {"trainer": "nnActiveTrainer_tiny", "folds": 1, "query_steps": 2},
@@ -52,7 +58,7 @@ def test_expand_cross_product_order_and_settings(tmp_path):
 
 
 def test_yaml_and_toml_give_the_same_grid(tmp_path):
-    (tmp_path / "data" / "Dataset001_A").mkdir(parents=True)
+    _prepared(tmp_path / "data", "Dataset001_A")
     (tmp_path / "g.yaml").write_text(textwrap.dedent("""
         data_root: data
         defaults: {n_patch_per_image: 5}
@@ -142,6 +148,37 @@ def test_unknown_dataset_names_the_folder_and_what_exists(tmp_path):
     d = _spec(tmp_path, data_root="nowhere")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         expand(parse_spec(d, base_dir=tmp_path))
+    (tmp_path / "data" / "Dataset003_Raw").mkdir()
+    d = _spec(tmp_path)
+    d["datasets"].append({"name": "Dataset003_Raw", "patch_size": 8})
+    with pytest.raises(FileNotFoundError, match="exists but is not a prepared dataset"):
+        expand(parse_spec(d, base_dir=tmp_path))
+
+
+def test_dataset_sources_are_prepared_later(tmp_path):
+    d = _spec(tmp_path)
+    d["datasets"].append({"name": "Dataset005_Syn", "patch_size": 8, "synthetic": {"n_cases": 8, "seed": 1},
+                          "prepare": {"test_size": 0.25}})
+    d["datasets"].append({"name": "Dataset006_Raw", "patch_size": 8, "raw": "raw/Dataset006_Raw"})
+    (tmp_path / "raw" / "Dataset006_Raw").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="not an nnU-Net raw dataset"):
+        expand(parse_spec(d, base_dir=tmp_path))
+    (tmp_path / "raw" / "Dataset006_Raw" / "dataset.json").write_text("{}")
+    spec = parse_spec(d, base_dir=tmp_path)
+    assert spec.datasets[2].synthetic == {"n_cases": 8, "seed": 1} and spec.datasets[3].raw.is_absolute()
+    assert len(expand(spec)) == 4 * 2 * 2 * 2
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"synthetic": {"n_case": 8}}, "unknown key 'n_case'.*did you mean 'n_cases'"),
+    ({"synthetic": {}, "raw": "x"}, "either 'raw' or 'synthetic'"),
+    ({"prepare": {"test_size": 0.5}}, "'prepare' settings need a source"),
+])
+def test_bad_dataset_sources(tmp_path, entry, message):
+    d = _spec(tmp_path)
+    d["datasets"][0].update(entry)
+    with pytest.raises(ValueError, match=message):
+        parse_spec(d, base_dir=tmp_path)
 
 
 def test_unknown_strategy_is_rejected(tmp_path):
@@ -188,8 +225,12 @@ def test_status_new_partial_finished_and_foreign_settings(tmp_path):
     _write_experiment(root / e3.name, ExperimentConfig.from_json(cfg), loops=0)
     with pytest.raises(ValueError, match="created with other settings.*configuration"):
         experiment_status(e3, root)
-    # the device does not change results: a folder run on another device is resumed
+    # like run_experiment, the device counts too (the folder keeps the settings it was made with)
     cfg["configuration"] = e3.config.configuration
     cfg["device"] = "cuda"
+    (root / e3.name / "experiment.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="device: folder 'cuda' vs grid 'cpu'"):
+        experiment_status(e3, root)
+    cfg["device"] = "cpu"
     (root / e3.name / "experiment.json").write_text(json.dumps(cfg))
     assert experiment_status(e3, root) == "partial"

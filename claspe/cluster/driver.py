@@ -21,9 +21,11 @@ from claspe.cluster.runner import (
 from claspe.cluster.spec import (
     GridEntry,
     GridSpec,
+    dataset_root,
     entries_to_json,
     expand,
     experiment_status,
+    is_prepared,
     load_spec,
     write_json_atomic,
 )
@@ -84,7 +86,29 @@ def resolve(spec: GridSpec | str | Path, *, out: str | Path | None = None,
     if data_root is not None:
         spec = replace(spec, data_root=Path(data_root).expanduser().resolve())
     root = Path(out) if out is not None else spec.output if spec.output is not None else Path(spec.name)
-    return spec, root.expanduser().resolve()
+    root = root.expanduser().resolve()
+    return replace(spec, output=root), root
+
+
+def prepare_sources(spec: GridSpec, *, progress: bool = True) -> list[Path]:
+    """Prepares every dataset of the spec that has a source (``raw`` or ``synthetic``) and is not
+    prepared yet (``claspe.protocol.prepare.prepare_dataset``; synthetic raw data is written to
+    ``<grid>/_grid/raw``). Runs here, in the driver, before any task is submitted."""
+    done = []
+    for ds in spec.datasets:
+        root = dataset_root(ds, spec)
+        if is_prepared(root, ds.name) or not ds.has_source:
+            continue
+        from claspe.protocol.prepare import prepare_dataset
+
+        raw = ds.raw
+        if ds.synthetic is not None:
+            from claspe.data.synthetic import make_synthetic_dataset
+
+            raw = make_synthetic_dataset(spec.output / GRID_DIR / "raw", dataset_name=ds.name, **ds.synthetic)
+        log.info("preparing dataset %s from %s into %s", ds.name, raw, root)
+        done.append(prepare_dataset(raw, root, name=ds.name, progress=progress, **ds.prepare))
+    return done
 
 
 def plan(spec: GridSpec | str | Path, *, out=None, data_root=None) -> tuple[Path, list[tuple[GridEntry, str]]]:
@@ -121,6 +145,7 @@ def run_grid(spec: GridSpec | str | Path, *, out: str | Path | None = None, data
     root.mkdir(parents=True, exist_ok=True)
     result = GridResult(grid_root=root, entries=entries, outcomes={})
     with grid_lock(root):
+        prepare_sources(spec)
         write_json_atomic(root / GRID_DIR / "grid.json", {"name": spec.name, "entries": entries_to_json(entries)})
         todo = [e for e in entries if statuses[e.name] != "finished"]
         for e in entries:

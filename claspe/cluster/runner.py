@@ -133,7 +133,10 @@ class ExperimentTask(submitit.helpers.Checkpointable):
         _append_record(record, attempt)
         t0 = time.perf_counter()
         try:
-            from claspe.protocol import run_experiment
+            try:
+                from claspe.protocol import run_experiment
+            except ImportError:  # the package may not re-export it
+                from claspe.protocol.experiment import run_experiment
 
             path = run_experiment(cfg, data_root=Path(data_root), exp_root=root, progress=False)
             if not is_finished(path):

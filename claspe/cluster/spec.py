@@ -59,11 +59,15 @@ log = logging.getLogger(__name__)
 AXES = ("dataset", "strategy", "seed", "label_regime")
 # settings a grid may set (ExperimentConfig fields minus the axes; ``extra`` is not part of the name)
 SETTING_KEYS = tuple(f.name for f in fields(ExperimentConfig) if f.name not in AXES + ("extra",))
-_DATASET_KEYS = ("name", "data_root", "settings", "label_regimes")
+_DATASET_KEYS = ("name", "data_root", "settings", "label_regimes", "raw", "synthetic", "prepare")
+SYNTHETIC_KEYS = ("n_cases", "seed", "shape", "spacing", "n_channels", "lesion_absent_fraction", "shape_jitter",
+                  "noise_sigma")
+PREPARE_KEYS = ("test_size", "seed", "level_separator", "n_proc")
 _TOP_KEYS = ("name", "data_root", "output", "defaults", "overrides", "datasets", "label_regimes",
              "strategies", "seeds")
-# settings that do not change results: an existing experiment folder may differ in them
-RESULT_NEUTRAL = ("device",)
+# settings an existing experiment folder may differ in: none, like run_experiment's own check (it compares
+# the whole ExperimentConfig, the device included)
+RESULT_NEUTRAL: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,13 @@ class DatasetSpec:
     data_root: Path | None = None
     settings: dict = field(default_factory=dict)
     label_regimes: tuple[RegimeSpec, ...] | None = None
+    raw: Path | None = None  # nnU-Net raw dataset folder to prepare when not prepared yet
+    synthetic: dict | None = None  # make_synthetic_dataset arguments (then prepared)
+    prepare: dict = field(default_factory=dict)  # prepare_dataset arguments
+
+    @property
+    def has_source(self) -> bool:
+        return self.raw is not None or self.synthetic is not None
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,17 @@ def _regimes(raw: Any, where: str) -> tuple[RegimeSpec, ...]:
     return tuple(items)
 
 
+def _kwargs(d: Any, allowed: tuple[str, ...], where: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(d).__name__}")
+    for k in d:
+        if k not in allowed:
+            raise ValueError(f"{where}: unknown key {k!r}{_suggest(str(k), allowed)}; valid: {', '.join(allowed)}")
+    return dict(d)
+
+
 def _path(v: Any, base: Path, where: str) -> Path:
     if not isinstance(v, str) or not v:
         raise ValueError(f"{where} must be a path string, got {v!r}")
@@ -252,7 +274,15 @@ def parse_spec(data: Any, *, base_dir: str | Path = ".", name: str = "grid") -> 
             settings.update(inner)
         root = _path(d["data_root"], base, f"{w}.data_root") if d.get("data_root") is not None else None
         regs = _regimes(d["label_regimes"], f"{w}.label_regimes") if d.get("label_regimes") is not None else None
-        datasets.append(DatasetSpec(name=dname, data_root=root, settings=settings, label_regimes=regs))
+        raw = _path(d["raw"], base, f"{w}.raw") if d.get("raw") is not None else None
+        synth = _kwargs(d.get("synthetic"), SYNTHETIC_KEYS, f"{w}.synthetic") if "synthetic" in d else None
+        if raw is not None and synth is not None:
+            raise ValueError(f"{w}: give either 'raw' or 'synthetic' as the dataset's source, not both")
+        prep = _kwargs(d.get("prepare"), PREPARE_KEYS, f"{w}.prepare")
+        if prep and raw is None and synth is None:
+            raise ValueError(f"{w}: 'prepare' settings need a source ('raw' or 'synthetic')")
+        datasets.append(DatasetSpec(name=dname, data_root=root, settings=settings, label_regimes=regs, raw=raw,
+                                    synthetic=synth, prepare=prep))
     names = [d.name for d in datasets]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -370,16 +400,35 @@ def check_strategies(names) -> dict:
 
 def dataset_root(ds: DatasetSpec, spec: GridSpec) -> Path:
     root = ds.data_root or spec.data_root
+    if root is None and ds.has_source and spec.output is not None:
+        root = spec.output / "_grid" / "prepared"
     if root is None:
         raise ValueError(f"dataset {ds.name!r} has no data_root (set 'data_root' at the top or on the dataset, "
                          "or pass --data-root)")
     return root
 
 
+def is_prepared(root: Path, name: str) -> bool:
+    """A prepared dataset folder has ``prepare.json`` (written last by ``claspe prepare``)."""
+    return (root / name / "prepare.json").is_file()
+
+
 def check_datasets(spec: GridSpec) -> None:
-    """Every dataset must be a prepared folder ``<data_root>/<name>/`` (FileNotFoundError otherwise)."""
+    """Every dataset must be prepared (``<data_root>/<name>/prepare.json``) or have a source that
+    ``claspe grid`` prepares first (``raw`` folder that exists, or ``synthetic``); FileNotFoundError
+    otherwise."""
     for ds in spec.datasets:
         root = dataset_root(ds, spec)
+        if is_prepared(root, ds.name):
+            continue
+        if ds.raw is not None and not (ds.raw / "dataset.json").is_file():
+            raise FileNotFoundError(f"dataset {ds.name!r}: raw source {ds.raw} is not an nnU-Net raw dataset "
+                                    "(no dataset.json)")
+        if ds.has_source:
+            continue
+        if (root / ds.name).is_dir():
+            raise FileNotFoundError(f"dataset {ds.name!r}: {root / ds.name} exists but is not a prepared dataset "
+                                    "(no prepare.json); run `claspe prepare` or give a 'raw' source in the spec")
         if not (root / ds.name).is_dir():
             avail = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             where = f"{root} has: {', '.join(avail)}" if avail else f"{root} has no datasets" if root.is_dir() \
