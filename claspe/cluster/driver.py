@@ -15,6 +15,7 @@ from claspe.cluster.runner import (
     LocalOptions,
     Outcome,
     SlurmOptions,
+    check_slurm,
     run_local,
     run_slurm,
 )
@@ -142,6 +143,12 @@ def run_grid(spec: GridSpec | str | Path, *, out: str | Path | None = None, data
     spec, root = resolve(spec, out=out, data_root=data_root)
     entries = expand(spec)
     statuses = {e.name: experiment_status(e, root) for e in entries}
+    if executor == "slurm":  # fail before preparing or creating anything
+        slurm = slurm or SlurmOptions()
+        if slurm.container is not None and not Path(slurm.container).expanduser().is_file():
+            raise FileNotFoundError(f"container image {Path(slurm.container).expanduser().resolve()} not found "
+                                    "(--container expects an Apptainer .sif file)")
+        check_slurm(slurm.partition)
     root.mkdir(parents=True, exist_ok=True)
     result = GridResult(grid_root=root, entries=entries, outcomes={})
     with grid_lock(root):
