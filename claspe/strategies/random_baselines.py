@@ -18,8 +18,9 @@ rejection of background draws, as in the reference).  Centred boxes are clamped 
 the image (``start = clip(centre - patch//2, 0, dim - patch)``; the reference's clamp lets an
 odd-sized box stick out by one voxel at the upper border -- we keep boxes inside).  A box that
 overlaps an annotated box or one chosen before is rejected and a new location drawn; after
-``tries_per_image`` (600) failed tries the image is dropped from the rotation (for every mode; the
-reference's Random 66%/33% FG never drops an image and can loop forever).  An image without any
+``tries_per_image`` (600) failed tries of a uniform box the image is dropped from the rotation
+(after failed seg/border tries the turn just passes to the next image; the reference's Random
+66%/33% FG never drops an image and can loop forever when the pool is full).  An image without any
 foreground class falls back to ``all`` for its seg/border draws (the reference raises).
 """
 
@@ -90,6 +91,7 @@ class _Pool:
         self.tries = tries
         self.fg_classes = None if fg_classes is None else set(fg_classes)
         self._present: dict[str, np.ndarray] = {}
+        self.last_area = "all"
 
     def present(self, image_id) -> np.ndarray:
         """Class ids present in an image (>= 0), background 0 included, sorted."""
@@ -105,10 +107,11 @@ class _Pool:
         """One box in ``image_id`` with placement mode ``area``, or None after ``tries`` failures."""
         shape = self.shapes[image_id]
         locs = None
+        self.last_area = area
         if area in ("seg", "border"):
             present = self.present(image_id)
             if not np.any(present > 0):
-                area = "all"
+                area = self.last_area = "all"
             else:
                 cls = 0
                 while cls == 0:  # the reference draws until it hits a non-background class
@@ -131,26 +134,38 @@ class _Pool:
         return None
 
     def round_robin(self, order: list[str], n: int, areas) -> list[Patch]:
-        """``n`` boxes, one image per turn in ``order``; images failing ``tries`` times are dropped."""
+        """``n`` boxes, one image per turn in ``order``.
+
+        A failed ``all`` (uniform) placement drops the image from the rotation (no box of this size
+        fits any more, practically); a failed ``seg``/``border`` placement only passes the turn to
+        the next image (the image's foreground may be covered while uniform boxes still fit).
+        """
         active = list(order)
         out: list[Patch] = []
         i = 0
+        stalls = 0
         while len(out) < n:
-            if not active:
+            if not active or stalls > 1000 * len(active):
                 raise ValueError(
-                    f"only {len(out)} of {n} boxes could be placed: every image failed {self.tries} tries to fit "
-                    f"another non-overlapping box of size {self.patch} (query larger than what can be selected)"
+                    f"only {len(out)} of {n} boxes could be placed: no image has room for another "
+                    f"non-overlapping box of size {self.patch} within {self.tries} tries "
+                    f"(query larger than what can be selected)"
                 )
             i %= len(active)
             image_id = active[i]
             area = str(self.gen.choice(list(areas))) if len(areas) > 1 else areas[0]
             p = self.try_place(image_id, area)
-            if p is None:
+            if p is not None:
+                out.append(p)
+                stalls = 0
+                i += 1
+            elif self.last_area == "all":
                 log.info("could not place a box in %s after %d tries; dropping the image", image_id, self.tries)
                 active.pop(i)
-                continue
-            out.append(p)
-            i += 1
+                stalls = 0
+            else:
+                stalls += 1
+                i += 1
         return out
 
 
