@@ -1,0 +1,113 @@
+"""Clear errors at the strategy API boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from strategies_data import make_probs
+
+from claspe import Patch
+from claspe.strategies import get_strategy
+
+PROBS = make_probs(3, n_images=2, folds=2, classes=4, shape=(10, 9, 8))
+KW = dict(query_size=4, patch_size=3, stride=1, n_patch_per_image=4, loop=0, num_loops=5, seed=1)
+
+
+def test_unknown_strategy_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown strategy 'clasp'.*Valid names: random, random_fg33.*clasp_pe"):
+        get_strategy("clasp")
+    with pytest.raises(ValueError, match="starting_budget"):
+        get_strategy("random-label2-all-classes")
+    with pytest.raises(ValueError, match="must be a string"):
+        get_strategy(3)
+
+
+@pytest.mark.parametrize("name", ["pred_entropy", "clasp_pe", "softrank_bald"])
+def test_query_larger_than_selectable(name):
+    probs = {"only": PROBS[sorted(PROBS)[0]]}
+    with pytest.raises(ValueError, match="larger than what can be selected"):
+        get_strategy(name).query(probs, **{**KW, "query_size": 30, "n_patch_per_image": 2})
+
+
+def test_class_ids_absent_from_probabilities():
+    s = get_strategy("clasp_pe")
+    with pytest.raises(ValueError, match=r"class ids \[5\] are absent.*C=4"):
+        s.query(PROBS, classes=[1, 5], **KW)
+    with pytest.raises(ValueError, match=r"class ids \[0\] are absent"):
+        s.query(PROBS, classes=[0, 1], **KW)
+    with pytest.raises(ValueError, match="duplicates"):
+        s.query(PROBS, classes=[1, 1], **KW)
+
+
+def test_annotated_image_not_in_pool():
+    ann = [Patch(file="elsewhere.nii.gz", coords=(0, 0, 0), size=(2, 2, 2))]
+    for name in ("clasp_pe", "random"):
+        with pytest.raises(ValueError, match="not in the pool.*elsewhere"):
+            get_strategy(name).query(PROBS, annotated=ann, **KW)
+    with pytest.raises(ValueError, match="lacks the key 'size'"):
+        get_strategy("clasp_pe").query(PROBS, annotated=[{"file": sorted(PROBS)[0], "coords": [0, 0, 0]}], **KW)
+
+
+def test_labels_missing():
+    with pytest.raises(ValueError, match="random_fg66.*needs labels"):
+        get_strategy("random-label").query(PROBS, **KW)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(loop=5), "loop must be in 0..num_loops-1"),
+        (dict(num_loops=0), "num_loops must be >= 1"),
+        (dict(rng="torch"), "rng must be one of"),
+        (dict(seed=-1), "seed must be >= 0"),
+        (dict(query_size=0), "query_size must be >= 1"),
+        (dict(patch_size=(3, 3)), "patch_size must have 3 entries"),
+        (dict(stride=0), "stride must be positive"),
+        (dict(n_patch_per_image=0), "n_patch_per_image must be >= 1"),
+        (dict(seed=1.5), "seed must be an integer"),
+    ],
+)
+def test_bad_arguments(change, match):
+    with pytest.raises(ValueError, match=match):
+        get_strategy("clasp_pe").query(PROBS, **{**KW, **change})
+
+
+def test_bad_probabilities(tmp_path):
+    s = get_strategy("clasp_pe")
+    a = PROBS[sorted(PROBS)[0]]
+    cases = [
+        (None, "needs probabilities"),
+        ([a], "must be a mapping"),
+        ({}, "empty"),
+        ({"x": a[0, 0]}, r"must be \[M, C, X, Y, Z\] or \[C, X, Y, Z\]"),
+        ({"x": a * 2}, "do not sum to 1|outside"),
+        ({"x": np.log(a)}, "logits|outside"),
+        ({"x": a.astype(np.int32)}, "floating point"),
+        ({"x": [a[0], a[1][:, :5]]}, "fold 1.*differs"),
+        ({"x": a, "y": a[:, :3] / a[:, :3].sum(1, keepdims=True)}, "has C=3 channels"),
+        ({"x": []}, "fold sequence is empty"),
+        ({"x": np.ones_like(a[:, :1])}, "C=1"),
+    ]
+    for probs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            s.query(probs, **{**KW, "query_size": 1})
+    nan = a.copy()
+    nan[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="image 'x' fold 0.*NaN"):
+        s.query({"x": nan}, **{**KW, "query_size": 1})
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        s.query({"x": [tmp_path / "missing.npz"]}, **{**KW, "query_size": 1})
+    np.savez(tmp_path / "two.npz", a=a[0], b=a[1])
+    with pytest.raises(ValueError, match="no array 'probabilities' and holds 2 arrays"):
+        s.query({"x": [tmp_path / "two.npz"]}, **{**KW, "query_size": 1})
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ValueError, match="neither a .npy nor a .npz"):
+        s.query({"x": [tmp_path / "f.txt"]}, **{**KW, "query_size": 1})
+
+
+def test_bad_labels():
+    s = get_strategy("random_fg66")
+    with pytest.raises(ValueError, match="3D array"):
+        s.query(None, labels={"a": np.zeros((4, 4), int)}, **KW)
+    with pytest.raises(ValueError, match="integer class ids"):
+        s.query(None, labels={"a": np.full((4, 4, 4), 0.5)}, **KW)
