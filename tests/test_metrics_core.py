@@ -153,3 +153,20 @@ def test_mean_table_standard_error_matches_reference_formula():
         assert t.loc[m, "AUBC_mean"] == pytest.approx(np.mean([g[g.setting == s].AUBC.mean() for s in ("s1", "s2", "s3")]))
     # general n: 9 seeds -> sqrt(Σ var / 9) / N
     assert metrics.standard_error([0.09, 0.09], 9) == pytest.approx(math.sqrt(0.02) / 2)
+
+
+def test_fg_eff_result_access_and_c_alias():
+    x, y = _curve(2.0)
+    res = metrics.foreground_efficiency(x, y, c=0.86)
+    assert res["gamma"] == res.gamma == res[0] and res["stderr"] == res[1] and res["variance"] == res.variance
+    with pytest.raises(KeyError):
+        res["nope"]
+    with pytest.raises(ValueError, match="disagree"):
+        metrics.foreground_efficiency(x, y, 0.9, c=0.86)
+
+
+def test_dice_labels_from_dataset_json_mapping():
+    pred = np.array([0, 1, 2, 3])
+    ref = np.array([0, 1, 2, 2])
+    d = metrics.dice_per_class(pred, ref, {"background": 0, "a": 1, "b": 2, "ignore": 3})
+    assert set(d) == {1, 2} and d[1] == 1.0 and d[2] == pytest.approx(2 / 3)

@@ -19,7 +19,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 
-def _labels(labels: Iterable[int]) -> list[int]:
+def _labels(labels) -> list[int]:
+    if isinstance(labels, Mapping):  # a dataset.json "labels" dict: name -> value (background/ignore skipped)
+        labels = [v for k, v in labels.items() if str(k).lower() not in ("background", "ignore")
+                  and not isinstance(v, (list, tuple))]
     out = []
     for lab in labels:
         if isinstance(lab, bool) or not isinstance(lab, (int, np.integer)):
@@ -38,7 +41,8 @@ def dice_per_class(prediction, reference, labels: Iterable[int], *, ignore_label
     Args:
         prediction: integer label map (any shape).
         reference: integer label map of the same shape.
-        labels: the label values to score (usually the foreground labels 1..K).
+        labels: the label values to score (usually the foreground labels 1..K), or a dataset.json
+            ``labels`` mapping (name -> value; ``background`` and ``ignore`` are skipped).
         ignore_label: reference value whose voxels are excluded from the counts (nnU-Net's ignore label).
 
     Returns:

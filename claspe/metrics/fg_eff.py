@@ -33,6 +33,14 @@ class FGEffResult(tuple):
         self.c_fitted = bool(c_fitted)
         return self
 
+    def __getitem__(self, key):
+        if isinstance(key, str):  # res["gamma"], res["stderr"], res["variance"], ...
+            try:
+                return getattr(self, key)
+            except AttributeError:
+                raise KeyError(key) from None
+        return super().__getitem__(key)
+
     @property
     def gamma(self) -> float:
         return self[0]
@@ -58,8 +66,8 @@ def _start_gamma(x, y, a, c, x0) -> float:
     return float(grid[int(np.argmin(sse))])
 
 
-def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None, *, x0: float | None = None,
-                          a: float | None = None) -> FGEffResult:
+def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None, *, x0: float | None = None,
+                          a: float | None = None, c: float | None = None) -> FGEffResult:
     """Fit gamma of ``Dice(x) = c - a·exp(-gamma·(x - x0))`` to the points of one method.
 
     Args:
@@ -72,6 +80,7 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None, *, x0
         x0: the setting's smallest x (over all methods); default: the smallest x given here.
         a: ``c - mean Dice of the runs at x0`` of the setting; default: computed from the points
             given here whose x equals x0.
+        c: keyword alias of ``full_data_dice``.
 
     Returns:
         :class:`FGEffResult` — unpacks as ``(gamma, stderr)`` with ``stderr = sqrt(pcov[0, 0])``, a
@@ -84,6 +93,10 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None, *, x0
     """
     from scipy.optimize import curve_fit
 
+    if c is not None:
+        if full_data_dice is not None and float(full_data_dice) != float(c):
+            raise ValueError(f"full_data_dice={full_data_dice} and c={c} disagree; give one")
+        full_data_dice = c
     x = np.asarray(fg_fraction, dtype=float).ravel()
     y = np.asarray(dice, dtype=float).ravel()
     if x.shape != y.shape:
