@@ -91,7 +91,7 @@ class ExperimentConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "ExperimentConfig":
+    def from_json(cls, d: dict) -> ExperimentConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known - {"schema_version", "name"}
         if unknown:
