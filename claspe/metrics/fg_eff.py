@@ -75,8 +75,8 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
             loops of the method pooled).
         dice: Mean Dice at those points.
         full_data_dice: c, the full-data Mean Dice of the matching trainer (same unit as ``dice``).
-            ``None`` fits c as a second free parameter (not the paper's metric; flagged by
-            ``c_fitted=True``) for datasets without a full-data reference.
+            ``None`` fits c as a second parameter bounded to [max Dice, 1] (not the paper's metric;
+            flagged by ``c_fitted=True``) for datasets without a full-data reference.
         x0: the setting's smallest x (over all methods); default: the smallest x given here.
         a: ``c - mean Dice of the runs at x0`` of the setting; default: computed from the points
             given here whose x equals x0.
@@ -141,18 +141,23 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
         aa = (cc - y0) if a is None else a
         return cc - aa * np.exp(-g * (xx - x0))
 
-    c_start = float(np.max(y)) + 0.01
+    # c is bounded to [max observed Dice, 1] (a Dice cannot exceed 1); without the bound a nearly
+    # linear curve drives c -> inf and gamma -> 0 (not identifiable)
+    c_lo = float(np.max(y))
+    c_hi = max(1.0, c_lo + 1e-6)
     best = None
     for gs in np.logspace(-2, 4, 25):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                popt, pcov = curve_fit(g2, x, y, p0=[gs, c_start], maxfev=20000)
-            except RuntimeError:
-                continue
-        sse = float(np.sum((y - g2(x, *popt)) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, popt, pcov)
+        for cs in (c_lo + 0.25 * (c_hi - c_lo), c_lo + 0.75 * (c_hi - c_lo)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    popt, pcov = curve_fit(g2, x, y, p0=[gs, cs], bounds=([0.0, c_lo], [np.inf, c_hi]),
+                                           maxfev=20000)
+                except (RuntimeError, ValueError):
+                    continue
+            sse = float(np.sum((y - g2(x, *popt)) ** 2))
+            if best is None or sse < best[0]:
+                best = (sse, popt, pcov)
     if best is None:
         raise ValueError("foreground_efficiency: the fit with free c did not converge")
     _, popt, pcov = best

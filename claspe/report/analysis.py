@@ -118,6 +118,8 @@ def _ppm_for_settings(runs_df: pd.DataFrame, alpha: float):
         results, budgets = {}, None
         for m, gm in g.groupby("method", sort=False):
             piv = gm.pivot_table(index="seed", columns="loop", values="mean_dice").sort_index()
+            if piv.shape[0] < 2:  # a t-test needs >= 2 seeds; such methods are listed as missing
+                continue
             results[m] = piv.to_numpy(float)
             budgets = gm.groupby("loop")["budget"].mean().sort_index().to_numpy()
         if len(results) < 2:
@@ -211,7 +213,7 @@ def analyze(runs_df: pd.DataFrame, *, alpha: float = 0.05, full_data: dict | Non
             loso = metrics.leave_one_seed_out(rm, "AUBC")
         except ValueError as exc:
             notes.append(f"leave-one-seed-out not computed: {exc}")
-    return Analysis(rm, summary, fits, ppm, tests, total, ranks, mt, loso, notes)
+    return Analysis(rm, summary, fits, ppm, tests, total, ranks, mt, loso, list(dict.fromkeys(notes)))
 
 
 def ppm_percent(total: tuple) -> pd.DataFrame:

@@ -95,6 +95,10 @@ def write_report(exp_root, out_dir=None, *, alpha: float = 0.05, full_data: dict
     out = Path(out_dir) if out_dir is not None else exp_root / "report"
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in ("figures/*.png", "ppm_*.csv", "ranks_*.csv", "nemenyi_*.csv", "loso.csv", "mean_table.csv",
+                    "ppm_tests.csv"):
+        for stale in out.glob(pattern):  # outputs of an earlier report in the same folder
+            stale.unlink()
     an = analyze(col.runs_df, alpha=alpha, full_data=full_data)
     missing = missing_report(col)
 
@@ -155,6 +159,8 @@ def write_report(exp_root, out_dir=None, *, alpha: float = 0.05, full_data: dict
     if any(an.summary["FG_Eff_c_source"].str.startswith("fitted")):
         md.append("\nFG-Eff note: c was fitted where no full-data reference exists; γ is then not comparable "
                   "to the paper.\n")
+    if not ppm_tables:
+        md.append("## Pairwise penalty matrix\n\n_Not computed: no setting has 2 methods with >= 2 complete seeds._\n")
     for corr, pct in ppm_tables.items():
         md.append(f"## Pairwise penalty matrix ({corr}), % of settings (rows beat columns)\n")
         md.append(to_markdown(pct.round(1), nd=1, index=True))
@@ -189,6 +195,8 @@ def write_report(exp_root, out_dir=None, *, alpha: float = 0.05, full_data: dict
     h.append("<h2>Pairwise penalty matrix</h2><p class='note'>Cell (row, column): % of settings in which the row "
              "method is significantly better than the column method (share of budget steps, paired two-sided "
              "t-tests over seeds). Mean row: column sum / (methods − 1).</p>")
+    if not ppm_tables:
+        h.append("<p><em>Not computed: no setting has 2 methods with at least 2 complete seeds.</em></p>")
     h.append("<div class='grid'>" + "".join(_img(p) for p in figs["ppm"]) + "</div>")
     for corr, pct in ppm_tables.items():
         h.append(f"<h3>{corr}</h3>" + _html_table(pct.round(1), nd=1, index=True))
