@@ -170,3 +170,11 @@ def test_dice_labels_from_dataset_json_mapping():
     ref = np.array([0, 1, 2, 2])
     d = metrics.dice_per_class(pred, ref, {"background": 0, "a": 1, "b": 2, "ignore": 3})
     assert set(d) == {1, 2} and d[1] == 1.0 and d[2] == pytest.approx(2 / 3)
+
+
+def test_fg_eff_free_c_is_bounded_for_nearly_linear_curves():
+    x = np.array([0.01, 0.03, 0.05, 0.01, 0.03, 0.05])
+    y = np.array([0.35, 0.38, 0.41, 0.35, 0.381, 0.409])
+    res = metrics.foreground_efficiency(x, y, None)
+    assert res.c_fitted and max(y) <= res.c <= 1.0 and res.gamma > 0
+    np.testing.assert_allclose(res.curve(x), y, atol=2e-3)

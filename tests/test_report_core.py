@@ -155,6 +155,8 @@ def test_report_single_run_and_bad_folders(tmp_path):
     page = write_report(tmp_path)  # one run: no PPM, no ranks, FG-Eff with fitted c; must still work
     md = (page.parent / "report.md").read_text()
     assert "unreadable" in md and "fitted" in md
+    assert "Pairwise penalty matrix\n\n_Not computed" in md  # one seed: no t-tests, said so
+    assert not list((page.parent / "figures").glob("ppm_*.png"))
     assert (page.parent / "figures").glob("curves_*.png")
 
 
