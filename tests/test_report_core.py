@@ -166,3 +166,9 @@ def test_cli_report(tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
     assert (tmp_path / "r" / "report.html").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
+    # a user-supplied full-data Dice replaces the paper's value (and the fitted fallback)
+    fd = tmp_path / "full.csv"
+    fd.write_text("dataset,class,dice\nDataset004_Hippocampus,fg_mean,0.9\n")
+    assert main(["report", str(tmp_path / "e"), "--out", str(tmp_path / "r2"), "--full-data", str(fd)]) == 0
+    summ = pd.read_csv(tmp_path / "r2" / "summary.csv")
+    assert (summ["FG_Eff_c"] == 0.9).all() and (summ["FG_Eff_c_source"] == "given").all()
