@@ -335,3 +335,19 @@ def test_nnactive_stream_matches_independent_generator(name, extra):
     if extra.get("share") is not None and extra.get("beta") is not None:
         # METHOD.md 1.8's order (key shuffle before the Gumbel arrays) is a different stream
         assert _brute_force(NN_POOL, seed=seed, annotated=NN_ANN, shuffle_first=True, **NN_KW, **extra) != got
+
+
+def test_npy_folds_of_other_float_dtypes_and_bad_shapes(tmp_path):
+    s = get_strategy("clasp_pe")
+    ref = s.query(PROBS, seed=4, **KW)
+    probs64 = {}
+    for k, v in PROBS.items():
+        probs64[k] = []
+        for f in range(v.shape[0]):
+            path = tmp_path / f"{k}_{f}.npy"
+            np.save(path, v[f].astype(np.float64))  # float64 folds are converted on load
+            probs64[k].append(path)
+    assert s.query(probs64, seed=4, **KW) == ref
+    np.save(tmp_path / "bad.npy", PROBS[sorted(PROBS)[0]][0, 0])
+    with pytest.raises(ValueError, match=r"expected \[C, X, Y, Z\]"):
+        s.query({"x": [tmp_path / "bad.npy"]}, seed=4, **KW)

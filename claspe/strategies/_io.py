@@ -118,6 +118,27 @@ def iter_folds(value, image_id: str) -> Iterator:
         raise ValueError(f"{what}: the fold sequence is empty")
 
 
+def npy_fold_paths(value) -> list[Path] | None:
+    """The fold files when ``value`` is a non-empty list/tuple of existing ``.npy`` paths, else None."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    if not all(_is_pathlike(v) and str(v).lower().endswith(".npy") and Path(v).is_file() for v in value):
+        return None
+    for v in value:  # the fused engine path reads float32/float16; others are converted on load
+        try:
+            dtype = np.load(v, mmap_mode="r", allow_pickle=False).dtype
+        except ValueError:
+            return None
+        if dtype not in (np.float32, np.float16):
+            return None
+    return [Path(v) for v in value]
+
+
+def npy_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a ``.npy`` file from its header (the data are not read)."""
+    return tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
+
+
 def first_fold_shape(value, image_id: str) -> tuple[int, ...]:
     """Spatial shape (X, Y, Z) of an image from its probabilities, reading at most one fold."""
     what = f"image {image_id!r}"

@@ -163,10 +163,22 @@ class Scorer:
 @dataclass(frozen=True, kw_only=True)
 class BoxMean:
     """Mean of the score over every candidate box (size = patch clipped to the image, at stride
-    positions, valid mode) -- the engine's ``ops.box_mean``."""
+    positions, valid mode) -- the engine's ``ops.box_mean``.
+
+    :meth:`from_accumulator` and :meth:`from_npy_folds` are the engine's fused versions
+    (bit-identical to ``box_mean(scorer(...))``) that never store the full-size score maps; the
+    second reads memory-mapped ``.npy`` folds block-wise (each byte once, below one fold of RAM).
+    """
 
     def __call__(self, maps, patch, stride):
         return ops.box_mean(maps, patch, stride)
+
+    def from_accumulator(self, acc: ops.FoldAccumulator, scorer: Scorer, classes: list[int], patch, stride):
+        return acc.box_scores(scorer.kind, classes if scorer.stratified else None, patch=patch, stride=stride)
+
+    def from_npy_folds(self, paths, scorer: Scorer, classes: list[int], patch, stride):
+        return ops.fold_box_scores(list(paths), score=scorer.kind, classes=classes if scorer.stratified else None,
+                                   patch=patch, stride=stride)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +218,10 @@ class Stratifier:
         """Final quotas: ``n_cls = int(q*r)``, each class ``n_cls // K``, the remainder
         ``n_cls % K`` one each to the first classes of a random shuffle of the class list, the
         plain key ``q - n_cls``.  The shuffle is drawn even when the remainder is 0 (as the
-        reference does, which matters for the nnActive stream)."""
+        reference does, which matters for the nnActive stream).  METHOD.md 1.7's worked examples
+        need ``n_cls % K`` (e.g. AMOS q=40: 26 = 15*1 + 11); one stored version of the reference
+        computes ``n_cls % (K+1)`` and hands out one box too many when that exceeds ``n_cls % K``
+        (ACDC q=90: 91 boxes), so we follow METHOD.md and always return exactly ``q`` boxes."""
         if not self.balanced:
             return {KEY_PLAIN: int(query_size)}
         K = len(classes)
@@ -254,6 +269,20 @@ class Randomness:
     map (classes in the given order, then -1), then ``shuffle`` of the key list; after all images
     the ``shuffle`` of the class list that assigns the remainder (class-balanced strategies), or
     SoftRank's ``gumbel(0, 1, n_candidates)``.
+
+    Why Gumbel arrays before the key shuffle: in the reference (nnActive, ``strategies/
+    entropy_balanced.py``, ``ClassBalancedEntropy_66FG.query_file_from_dict``) an image's scores are
+    computed by ``strategy_per_cls`` -> ``compute_scores_per_cls`` (where the power variants add the
+    noise, like ``PowerBALD.compute_scores``) *before* ``self.rng.shuffle(classes)`` is called, and
+    the remainder shuffle is in ``_compose_query_of_patches`` after all images.  METHOD.md 1.8
+    lists the key shuffle first; that is a different stream and not what the code does (the test
+    suite checks both orders against an independent generator).  Noise keys run over the
+    ``top_patches`` dict in insertion order: foreground labels in ``dataset.json`` order, then -1
+    (pass ``classes`` in that order).  The reference adds float64 noise to float32 log scores;
+    here the sum is rounded to float32, which can only reorder candidates whose noised scores agree
+    to ~1e-7.  PowerPE: the reference calls ``power_noising`` without the strategy's generator, so
+    it draws from an unseeded module-level ``default_rng()`` that cannot be reproduced; in this
+    mode PowerPE uses the seeded generator exactly like PowerBALD (one array per image).
     """
 
     def __init__(self, *, mode: str, seed: int, loop: int) -> None:

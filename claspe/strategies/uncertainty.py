@@ -207,14 +207,22 @@ class UncertaintyStrategy:
             if ikey in image_keys:
                 log.warning("images %r and %r share the noise id %d (crc32 collision)", image_keys[ikey], sid, ikey)
             image_keys[ikey] = sid
-            acc = ops.FoldAccumulator(track_fold_entropy=self.scorer.needs_fold_entropy)
             value = probabilities[image_id]  # looked up exactly once
-            for f, fold in enumerate(_io.iter_folds(value, sid)):
-                try:
-                    acc.add(fold)
-                except ValueError as exc:
-                    raise ValueError(f"image {sid!r} fold {f}: {exc}") from exc
-            C = int(acc.shape[0])
+            npy = _io.npy_fold_paths(value)
+            acc = None
+            if npy is not None:  # .npy folds: the fused, memory-mapped path
+                shape = _io.npy_shape(npy[0])
+                if len(shape) != 4:
+                    raise ValueError(f"image {sid!r} fold 0: expected [C, X, Y, Z], got shape {shape} in {npy[0]}")
+            else:
+                acc = ops.FoldAccumulator(track_fold_entropy=self.scorer.needs_fold_entropy)
+                for f, fold in enumerate(_io.iter_folds(value, sid)):
+                    try:
+                        acc.add(fold)
+                    except ValueError as exc:
+                        raise ValueError(f"image {sid!r} fold {f}: {exc}") from exc
+                shape = tuple(acc.shape)
+            C = int(shape[0])
             if n_channels is None:
                 n_channels = C
                 if C < 2:
@@ -224,11 +232,15 @@ class UncertaintyStrategy:
                 out = Candidates(classes=list(classes))
             elif C != n_channels:
                 raise ValueError(f"image {sid!r} has C={C} channels, earlier images had {n_channels}")
-            volume = tuple(int(s) for s in acc.shape[1:])
-            maps = self.scorer(acc, classes)
-            del acc
-            agg = self.aggregator(maps, patch, stride)
-            del maps
+            volume = tuple(int(s) for s in shape[1:])
+            if acc is not None:
+                agg = self.aggregator.from_accumulator(acc, self.scorer, classes, patch, stride)
+                del acc
+            else:
+                try:
+                    agg = self.aggregator.from_npy_folds(npy, self.scorer, classes, patch, stride)
+                except ValueError as exc:
+                    raise ValueError(f"image {sid!r}: {exc}") from exc
             if beta is not None:
                 agg = [randomness.noised(agg[i], beta, image=ikey, key=k) for i, k in enumerate(keys)]
             else:
