@@ -351,3 +351,14 @@ def test_npy_folds_of_other_float_dtypes_and_bad_shapes(tmp_path):
     np.save(tmp_path / "bad.npy", PROBS[sorted(PROBS)[0]][0, 0])
     with pytest.raises(ValueError, match=r"expected \[C, X, Y, Z\]"):
         s.query({"x": [tmp_path / "bad.npy"]}, seed=4, **KW)
+
+
+def test_engine_thread_setting_does_not_change_results():
+    from claspe import ops
+
+    s = get_strategy("clasp_pe")
+    with ops.threads(1):
+        one = s.query(PROBS, seed=4, **KW)
+    with ops.threads(2):
+        two = s.query(PROBS, seed=4, **KW)
+    assert one == two
