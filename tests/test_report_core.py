@@ -152,6 +152,16 @@ def test_report_single_run_and_bad_folders(tmp_path):
     (broken / "experiment.json").write_text("{not json")
     col = collect_runs(tmp_path)
     assert len(col.runs) == 1 and len(col.problems) == 1 and "unreadable" in col.problems[0][1]
+    # a result with Dice null (NaN) keeps its loop but the run gets no AUBC; a corrupt result is missing
+    cfg2 = ExperimentConfig(dataset="Dataset900_Synth", strategy="random", query_size=5, patch_size=8)
+    e2 = write_experiment(tmp_path, cfg2, [0.2, 0.3, 0.4, 0.45, 0.5], [0.01, 0.03, 0.05, 0.07, 0.09])
+    doc = json.loads((e2 / "results" / "loop_001.json").read_text())
+    (e2 / "results" / "loop_001.json").write_text(json.dumps({**doc, "mean_dice": None}))
+    (e2 / "results" / "loop_004.json").write_text("{")
+    col = collect_runs(tmp_path)
+    st = col.status_df.set_index("method").loc["Random"]
+    assert st["missing_loops"] == "4" and not st["complete"]
+    assert any("null" in m for _, m in col.problems) and any("unreadable" in m for _, m in col.problems)
     page = write_report(tmp_path)  # one run: no PPM, no ranks, FG-Eff with fitted c; must still work
     md = (page.parent / "report.md").read_text()
     assert "unreadable" in md and "fitted" in md

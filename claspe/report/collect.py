@@ -117,8 +117,12 @@ def collect_runs(root) -> Collection:
                 continue
             try:
                 doc = json.loads(p.read_text())
+                if doc["mean_dice"] is None:  # NaN written as null: a class absent from every case
+                    problems.append((str(p), "mean_dice is null (NaN: a class absent in every case?); the run "
+                                             "has no AUBC"))
+                    doc["mean_dice"] = float("nan")
                 float(doc["mean_dice"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 problems.append((str(p), f"result unreadable ({type(exc).__name__}: {exc}); loop counted as missing"))
                 continue
             run.results[k] = doc
@@ -163,7 +167,7 @@ def collect_runs(root) -> Collection:
 def missing_report(col: Collection) -> list[str]:
     """Human-readable lines on what is missing: unreadable folders, unfinished runs, and, per setting,
     methods or seeds that other settings/methods have but this one lacks."""
-    lines = [f"unreadable: {p}: {m}" for p, m in col.problems]
+    lines = [f"problem: {p}: {m}" for p, m in col.problems]
     st = col.status_df
     for r in st[~st["complete"]].itertuples():
         lines.append(f"unfinished: {r.method} seed {r.seed} in {r.setting_label}: loops {r.missing_loops} missing "
