@@ -132,7 +132,8 @@ def _lib_dir(home: Path) -> Path:
 def nvcc_flags(archs: list[str], env: dict | None = None) -> list[str]:
     env = os.environ if env is None else env
     debug = env.get("CLASPE_DEBUG") == "1"
-    flags = ["-std=c++17", "-Xcompiler", "-fPIC", "--fmad=false", "-I", str(ROOT / "csrc"),
+    flags = ["-std=c++17", "-Xcompiler", "-fPIC", "--fmad=false", "-Xcompiler", "-ffp-contract=off",
+             "-I", str(ROOT / "csrc"),
              "-DCLASPE_WITH_CUDA=1", "--expt-relaxed-constexpr", "-Xcudafe", "--diag_suppress=177"]
     flags += ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
     flags += gencode_flags(archs)

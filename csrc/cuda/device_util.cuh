@@ -34,12 +34,26 @@ inline View make_view(const DevArray& a) {
   return v;
 }
 
+// Host+device: the kernel bodies below are also run on the host by the emulation entry points
+// (engine.h), which the CPU test suite uses to check the kernels' indexing and arithmetic on machines
+// without a GPU.
+#define CLASPE_KHD __host__ __device__ __forceinline__
+
+// float16 element -> float (exact).  Device: hardware conversion; host: common/hd.h half_to_float.
+CLASPE_KHD float half_at(const void* p, int64_t off) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(reinterpret_cast<const __half*>(p)[off]);
+#else
+  return half_to_float(reinterpret_cast<const uint16_t*>(p)[off]);
+#endif
+}
+
 // float value of element `off` (f16 -> f32 is exact; f64 is rounded to nearest float, as numpy's
 // astype(float32) does).
-__device__ __forceinline__ float load_f(const View& v, int64_t off) {
+CLASPE_KHD float load_f(const View& v, int64_t off) {
   switch (v.dtype) {
     case kF16:
-      return __half2float(reinterpret_cast<const __half*>(v.p)[off]);
+      return half_at(v.p, off);
     case kF64:
       return static_cast<float>(reinterpret_cast<const double*>(v.p)[off]);
     default:
@@ -48,10 +62,10 @@ __device__ __forceinline__ float load_f(const View& v, int64_t off) {
 }
 
 // double value of element `off` (exact widening for f16/f32).
-__device__ __forceinline__ double load_d(const View& v, int64_t off) {
+CLASPE_KHD double load_d(const View& v, int64_t off) {
   switch (v.dtype) {
     case kF16:
-      return static_cast<double>(__half2float(reinterpret_cast<const __half*>(v.p)[off]));
+      return static_cast<double>(half_at(v.p, off));
     case kF64:
       return reinterpret_cast<const double*>(v.p)[off];
     default:
@@ -60,7 +74,7 @@ __device__ __forceinline__ double load_d(const View& v, int64_t off) {
 }
 
 // Offset of flat C-order index i over all 4 (padded) dims.
-__device__ __forceinline__ int64_t offset4(const View& v, int64_t i) {
+CLASPE_KHD int64_t offset4(const View& v, int64_t i) {
   if (v.contig) return i;
   const int64_t z = i % v.n[3];
   int64_t t = i / v.n[3];
@@ -72,7 +86,7 @@ __device__ __forceinline__ int64_t offset4(const View& v, int64_t i) {
 }
 
 // Offset of flat spatial index i over dims 1..3 (axis 0 = channel, not included).
-__device__ __forceinline__ int64_t offset3(const View& v, int64_t i) {
+CLASPE_KHD int64_t offset3(const View& v, int64_t i) {
   if (v.contig) return i;
   const int64_t z = i % v.n[3];
   const int64_t t = i / v.n[3];
@@ -82,7 +96,7 @@ __device__ __forceinline__ int64_t offset3(const View& v, int64_t i) {
 }
 
 // Stride of axis 0 in elements (for contiguous views: the product of the other dims).
-__host__ __device__ __forceinline__ int64_t channel_stride(const View& v) {
+CLASPE_KHD int64_t channel_stride(const View& v) {
   return v.contig ? v.n[1] * v.n[2] * v.n[3] : v.s[0];
 }
 

@@ -98,5 +98,19 @@ void copy_keys_to_host(uintptr_t keys, int64_t offset, int64_t count, uint64_t* 
 void copy_key_prefixes_to_host(uintptr_t keys, int64_t K, int64_t n, int64_t count, uint64_t* dst, int device,
                                uintptr_t stream);
 
+// ---- host emulation ----------------------------------------------------------------------------
+// The kernels' per-element bodies (the same __host__ __device__ functions the kernels call), run
+// sequentially on *host* memory.  They let the CPU test suite check the CUDA code's indexing,
+// strides and arithmetic against claspe/reference.py on machines without a GPU; the launch
+// configuration, the device memory handling and the CUB sort (replaced by std::sort of the same
+// keys) are only exercised on a GPU (tests marked `gpu`).
+void emulate_accumulate_fold(const DevArray& fold, float* sum, float* ent_sum, bool logits);
+void emulate_score_maps(const DevArray& src, float src_div, int kind, const std::vector<int>& classes,
+                        const DevArray* mfe, float mfe_div, float* out);
+void emulate_box_mean(const DevArray& maps, const int64_t patch[3], const int64_t stride[3], float* out);
+void emulate_power_noise(const DevArray& scores, double beta, uint64_t seed, uint32_t loop, uint32_t image,
+                         uint32_t key, const DevArray* noise, float* out);
+bool emulate_rank_candidates(const DevArray& scores, uint64_t* keys_out);
+
 }  // namespace cuda
 }  // namespace claspe

@@ -140,48 +140,53 @@ CheckResult check_values(const DevArray& arr, double lo, double hi, bool sum_axi
 // ---------------------------------------------------------------------------------------------
 
 template <typename T>
-__device__ __forceinline__ float ld(const T* p, int64_t off);
+CLASPE_KHD float ld(const T* p, int64_t off);
 template <>
-__device__ __forceinline__ float ld<float>(const float* p, int64_t off) {
-  return __ldg(p + off);
+CLASPE_KHD float ld<float>(const float* p, int64_t off) {
+  return p[off];
 }
 template <>
-__device__ __forceinline__ float ld<__half>(const __half* p, int64_t off) {
-  return __half2float(__ldg(p + off));
+CLASPE_KHD float ld<__half>(const __half* p, int64_t off) {
+  return half_at(p, off);
+}
+
+// One voxel v of the fold accumulation (shared by the kernel and the host emulation).
+template <typename T, bool CONTIG, bool LOGITS, bool ENT>
+CLASPE_KHD void accumulate_voxel(const View& f, int64_t v, int64_t N, int64_t C, float* sum, float* ent) {
+  const T* in = reinterpret_cast<const T*>(f.p);
+  const int64_t cs = CONTIG ? N : f.s[0];
+  const int64_t base = CONTIG ? v : offset3(f, v);
+  float h = 0.0f;
+  if (LOGITS) {
+    // reference.softmax: mx = max_c x_c; e_c = expf(x_c - mx); s = sum_c e_c; p_c = e_c / s.
+    // e_c is recomputed in the second loop (same inputs, same bits) instead of being stored.
+    float mx = ld<T>(in, base);
+    for (int64_t c = 1; c < C; ++c) {
+      const float x = ld<T>(in, base + c * cs);
+      mx = (mx >= x) ? mx : x;
+    }
+    float s = 0.0f;
+    for (int64_t c = 0; c < C; ++c) s = s + expf_portable(ld<T>(in, base + c * cs) - mx);
+    for (int64_t c = 0; c < C; ++c) {
+      const float p = expf_portable(ld<T>(in, base + c * cs) - mx) / s;
+      sum[c * N + v] = sum[c * N + v] + p;
+      if (ENT) h = h + plogp(p);
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float p = ld<T>(in, base + c * cs);
+      sum[c * N + v] = sum[c * N + v] + p;
+      if (ENT) h = h + plogp(p);
+    }
+  }
+  if (ENT) ent[v] = ent[v] + (-h);
 }
 
 template <typename T, bool CONTIG, bool LOGITS, bool ENT>
 __global__ void k_accumulate(View f, int64_t N, int64_t C, float* __restrict__ sum, float* __restrict__ ent) {
-  const T* __restrict__ in = reinterpret_cast<const T*>(f.p);
-  const int64_t cs = CONTIG ? N : f.s[0];
   for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < N;
-       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = CONTIG ? v : offset3(f, v);
-    float h = 0.0f;
-    if (LOGITS) {
-      // reference.softmax: mx = max_c x_c; e_c = expf(x_c - mx); s = sum_c e_c; p_c = e_c / s.
-      // e_c is recomputed in the second loop (same inputs, same bits) instead of being stored.
-      float mx = ld<T>(in, base);
-      for (int64_t c = 1; c < C; ++c) {
-        const float x = ld<T>(in, base + c * cs);
-        mx = (mx >= x) ? mx : x;
-      }
-      float s = 0.0f;
-      for (int64_t c = 0; c < C; ++c) s = s + expf_portable(ld<T>(in, base + c * cs) - mx);
-      for (int64_t c = 0; c < C; ++c) {
-        const float p = expf_portable(ld<T>(in, base + c * cs) - mx) / s;
-        sum[c * N + v] = sum[c * N + v] + p;
-        if (ENT) h = h + plogp(p);
-      }
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const float p = ld<T>(in, base + c * cs);
-        sum[c * N + v] = sum[c * N + v] + p;
-        if (ENT) h = h + plogp(p);
-      }
-    }
-    if (ENT) ent[v] = ent[v] + (-h);
-  }
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    accumulate_voxel<T, CONTIG, LOGITS, ENT>(f, v, N, C, sum, ent);
 }
 
 template <typename T, bool CONTIG>
@@ -235,37 +240,41 @@ struct ClassList {
   int c[kMaxClasses];
 };
 
+CLASPE_KHD void score_voxel(const View& src, int64_t v, int64_t N, int64_t C, float div, int kind,
+                            const ClassList& cls, const View& mfe, float mfe_div, float* out) {
+  const int64_t cs = channel_stride(src);
+  const int64_t base = offset3(src, v);
+  float pe = 0.0f;
+  if (kind != kExpectedEntropy) {
+    float h = 0.0f;  // reference.entropy: h = sum_c plogp(p_c), sequential; PE = -h
+    for (int64_t c = 0; c < C; ++c) h = h + plogp(load_f(src, base + c * cs) / div);
+    pe = -h;
+  }
+  switch (kind) {
+    case kPE:
+      out[v] = pe;
+      break;
+    case kClassPE:
+      for (int j = 0; j < cls.n; ++j) out[j * N + v] = pe * (load_f(src, base + cls.c[j] * cs) / div);
+      out[cls.n * N + v] = pe;
+      break;
+    case kBALD: {
+      const float m = load_f(mfe, offset3(mfe, v)) / mfe_div;
+      const float d = pe - m;
+      out[v] = (d >= 0.0f) ? d : 0.0f;  // np.maximum(d, 0)
+      break;
+    }
+    default:  // expected entropy
+      out[v] = load_f(mfe, offset3(mfe, v)) / mfe_div;
+      break;
+  }
+}
+
 __global__ void k_score_maps(View src, int64_t N, int64_t C, float div, int kind, ClassList cls, View mfe,
                              float mfe_div, float* __restrict__ out) {
-  const int64_t cs = channel_stride(src);
   for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < N;
-       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = offset3(src, v);
-    float pe = 0.0f;
-    if (kind != kExpectedEntropy) {
-      float h = 0.0f;  // reference.entropy: h = sum_c plogp(p_c), sequential; PE = -h
-      for (int64_t c = 0; c < C; ++c) h = h + plogp(load_f(src, base + c * cs) / div);
-      pe = -h;
-    }
-    switch (kind) {
-      case kPE:
-        out[v] = pe;
-        break;
-      case kClassPE:
-        for (int j = 0; j < cls.n; ++j) out[j * N + v] = pe * (load_f(src, base + cls.c[j] * cs) / div);
-        out[cls.n * N + v] = pe;
-        break;
-      case kBALD: {
-        const float m = load_f(mfe, offset3(mfe, v)) / mfe_div;
-        const float d = pe - m;
-        out[v] = (d >= 0.0f) ? d : 0.0f;  // np.maximum(d, 0)
-        break;
-      }
-      default:  // expected entropy
-        out[v] = load_f(mfe, offset3(mfe, v)) / mfe_div;
-        break;
-    }
-  }
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    score_voxel(src, v, N, C, div, kind, cls, mfe, mfe_div, out);
 }
 
 void score_maps(const DevArray& src, float src_div, int kind, const std::vector<int>& classes, const DevArray* mfe,
@@ -309,64 +318,93 @@ void divide(uintptr_t in, float div, uintptr_t out, int64_t n, int device, uintp
 // P[j+1] = P[j] + v[j] from P[0] = 0, so P[i*s + p] - P[i*s] has exactly the reference's bits
 // without storing P.
 
+CLASPE_KHD void box_z_line(const View& m, int64_t l, int64_t Z, int64_t p, int64_t s, int64_t nz, double* out) {
+  int64_t base, sz;
+  if (m.contig) {
+    base = l * Z;
+    sz = 1;
+  } else {
+    const int64_t y = l % m.n[2];
+    const int64_t t = l / m.n[2];
+    const int64_t x = t % m.n[1];
+    const int64_t k = t / m.n[1];
+    base = k * m.s[0] + x * m.s[1] + y * m.s[2];
+    sz = m.s[3];
+  }
+  double lead = 0.0, lag = 0.0;
+  int64_t jd = 0, jl = 0;
+  for (int64_t i = 0; i < nz; ++i) {
+    const int64_t st = i * s;
+    const int64_t en = st + p;
+    for (; jl < st; ++jl) lag = lag + load_d(m, base + jl * sz);
+    for (; jd < en; ++jd) lead = lead + load_d(m, base + jd * sz);
+    out[l * nz + i] = lead - lag;
+  }
+}
+
+template <bool FINAL>
+CLASPE_KHD void box_line(const double* in, int64_t l, int64_t inner, int64_t D, int64_t p, int64_t s, int64_t n,
+                         double* out, float* outf, double vol) {
+  const int64_t r = l % inner;
+  const int64_t o = l / inner;
+  const double* line = in + o * D * inner + r;
+  const int64_t obase = o * n * inner + r;
+  double lead = 0.0, lag = 0.0;
+  int64_t jd = 0, jl = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t st = i * s;
+    const int64_t en = st + p;
+    for (; jl < st; ++jl) lag = lag + line[jl * inner];
+    for (; jd < en; ++jd) lead = lead + line[jd * inner];
+    const double w = lead - lag;
+    if (FINAL)
+      outf[obase + i * inner] = static_cast<float>(w / vol);
+    else
+      out[obase + i * inner] = w;
+  }
+}
+
 __global__ void k_box_z(View m, int64_t L, int64_t Z, int64_t p, int64_t s, int64_t nz, double* __restrict__ out) {
   for (int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; l < L;
-       l += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t base, sz;
-    if (m.contig) {
-      base = l * Z;
-      sz = 1;
-    } else {
-      const int64_t y = l % m.n[2];
-      const int64_t t = l / m.n[2];
-      const int64_t x = t % m.n[1];
-      const int64_t k = t / m.n[1];
-      base = k * m.s[0] + x * m.s[1] + y * m.s[2];
-      sz = m.s[3];
-    }
-    double lead = 0.0, lag = 0.0;
-    int64_t jd = 0, jl = 0;
-    for (int64_t i = 0; i < nz; ++i) {
-      const int64_t st = i * s;
-      const int64_t en = st + p;
-      for (; jl < st; ++jl) lag = lag + load_d(m, base + jl * sz);
-      for (; jd < en; ++jd) lead = lead + load_d(m, base + jd * sz);
-      out[l * nz + i] = lead - lag;
-    }
-  }
+       l += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    box_z_line(m, l, Z, p, s, nz, out);
 }
 
 template <bool FINAL>
 __global__ void k_box_line(const double* __restrict__ in, int64_t L, int64_t inner, int64_t D, int64_t p, int64_t s,
                            int64_t n, double* __restrict__ out, float* __restrict__ outf, double vol) {
   for (int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; l < L;
-       l += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = l % inner;
-    const int64_t o = l / inner;
-    const double* line = in + o * D * inner + r;
-    const int64_t obase = o * n * inner + r;
-    double lead = 0.0, lag = 0.0;
-    int64_t jd = 0, jl = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t st = i * s;
-      const int64_t en = st + p;
-      for (; jl < st; ++jl) lag = lag + line[jl * inner];
-      for (; jd < en; ++jd) lead = lead + line[jd * inner];
-      const double w = lead - lag;
-      if (FINAL)
-        outf[obase + i * inner] = static_cast<float>(w / vol);
-      else
-        out[obase + i * inner] = w;
-    }
-  }
+       l += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    box_line<FINAL>(in, l, inner, D, p, s, n, out, outf, vol);
+}
+
+struct BoxGeom {
+  int64_t K, X, Y, Z, px, py, pz, nx, ny, nz;
+  double vol;
+};
+
+static BoxGeom box_geom(const DevArray& maps, const int64_t patch[3], const int64_t stride[3]) {
+  BoxGeom g;
+  g.K = maps.shape[0];
+  g.X = maps.shape[1];
+  g.Y = maps.shape[2];
+  g.Z = maps.shape[3];
+  g.px = std::min(patch[0], g.X);
+  g.py = std::min(patch[1], g.Y);
+  g.pz = std::min(patch[2], g.Z);
+  g.nx = (g.X - g.px) / stride[0] + 1;
+  g.ny = (g.Y - g.py) / stride[1] + 1;
+  g.nz = (g.Z - g.pz) / stride[2] + 1;
+  g.vol = static_cast<double>(g.px * g.py * g.pz);
+  return g;
 }
 
 void box_mean(const DevArray& maps, const int64_t patch[3], const int64_t stride[3], uintptr_t t1, uintptr_t t2,
               uintptr_t out, int device, uintptr_t stream) {
-  const int64_t K = maps.shape[0], X = maps.shape[1], Y = maps.shape[2], Z = maps.shape[3];
-  const int64_t px = std::min(patch[0], X), py = std::min(patch[1], Y), pz = std::min(patch[2], Z);
-  const int64_t nx = (X - px) / stride[0] + 1, ny = (Y - py) / stride[1] + 1, nz = (Z - pz) / stride[2] + 1;
-  const double vol = static_cast<double>(px * py * pz);
+  const BoxGeom bg = box_geom(maps, patch, stride);
+  const int64_t K = bg.K, X = bg.X, Y = bg.Y, Z = bg.Z, px = bg.px, py = bg.py, pz = bg.pz, nx = bg.nx,
+                ny = bg.ny, nz = bg.nz;
+  const double vol = bg.vol;
   DeviceGuard g(device);
   const cudaStream_t st = as_stream(stream);
   double* a = reinterpret_cast<double*>(t1);
@@ -387,16 +425,18 @@ void box_mean(const DevArray& maps, const int64_t patch[3], const int64_t stride
 // power noise
 // ---------------------------------------------------------------------------------------------
 
+CLASPE_KHD float noise_elem(const View& sc, int64_t i, double beta, uint64_t seed, uint32_t loop, uint32_t image,
+                            uint32_t key, const View& nz, bool has_noise) {
+  const float s = load_f(sc, offset4(sc, i));
+  if (has_noise) return log_plus_noise(s, load_d(nz, offset4(nz, i)));
+  return power_noised(s, gumbel_at(seed, loop, image, key, static_cast<uint32_t>(i)), beta);
+}
+
 __global__ void k_power_noise(View sc, int64_t n, double beta, uint64_t seed, uint32_t loop, uint32_t image,
                               uint32_t key, View nz, bool has_noise, float* __restrict__ out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float s = load_f(sc, offset4(sc, i));
-    if (has_noise)
-      out[i] = log_plus_noise(s, load_d(nz, offset4(nz, i)));
-    else
-      out[i] = power_noised(s, gumbel_at(seed, loop, image, key, static_cast<uint32_t>(i)), beta);
-  }
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = noise_elem(sc, i, beta, seed, loop, image, key, nz, has_noise);
 }
 
 void power_noise(const DevArray& scores, double beta, uint64_t seed, uint32_t loop, uint32_t image, uint32_t key,
@@ -409,6 +449,80 @@ void power_noise(const DevArray& scores, double beta, uint64_t seed, uint32_t lo
   k_power_noise<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(s, n, beta, seed, loop, image, key, z,
                                                                     noise != nullptr, reinterpret_cast<float*>(out));
   CLASPE_CHECK_LAUNCH("power_noise");
+}
+
+// ---------------------------------------------------------------------------------------------
+// host emulation: the same per-element bodies, run sequentially on host memory (see engine.h)
+// ---------------------------------------------------------------------------------------------
+
+template <typename T, bool CONTIG>
+static void emulate_acc_t(const View& f, int64_t N, int64_t C, float* sum, float* ent, bool logits) {
+  for (int64_t v = 0; v < N; ++v) {
+    if (logits) {
+      if (ent)
+        accumulate_voxel<T, CONTIG, true, true>(f, v, N, C, sum, ent);
+      else
+        accumulate_voxel<T, CONTIG, true, false>(f, v, N, C, sum, ent);
+    } else {
+      if (ent)
+        accumulate_voxel<T, CONTIG, false, true>(f, v, N, C, sum, ent);
+      else
+        accumulate_voxel<T, CONTIG, false, false>(f, v, N, C, sum, ent);
+    }
+  }
+}
+
+void emulate_accumulate_fold(const DevArray& fold, float* sum, float* ent_sum, bool logits) {
+  if (fold.dtype != kF32 && fold.dtype != kF16) throw std::invalid_argument("fold must be float32 or float16");
+  const View f = make_view(fold);
+  const int64_t C = fold.shape[0];
+  const int64_t N = fold.shape[1] * fold.shape[2] * fold.shape[3];
+  if (fold.dtype == kF16) {
+    if (f.contig)
+      emulate_acc_t<__half, true>(f, N, C, sum, ent_sum, logits);
+    else
+      emulate_acc_t<__half, false>(f, N, C, sum, ent_sum, logits);
+  } else {
+    if (f.contig)
+      emulate_acc_t<float, true>(f, N, C, sum, ent_sum, logits);
+    else
+      emulate_acc_t<float, false>(f, N, C, sum, ent_sum, logits);
+  }
+}
+
+void emulate_score_maps(const DevArray& src, float src_div, int kind, const std::vector<int>& classes,
+                        const DevArray* mfe, float mfe_div, float* out) {
+  if (kind < kPE || kind > kExpectedEntropy) throw std::invalid_argument("unknown score kind");
+  if (static_cast<int>(classes.size()) > kMaxClasses) throw std::invalid_argument("too many classes");
+  if ((kind == kBALD || kind == kExpectedEntropy) && mfe == nullptr)
+    throw std::invalid_argument("bald / expected_entropy need the mean fold entropy");
+  ClassList cl;
+  cl.n = kind == kClassPE ? static_cast<int>(classes.size()) : 0;
+  for (int j = 0; j < cl.n; ++j) cl.c[j] = classes[j];
+  const View s = make_view(src);
+  const View m = mfe ? make_view(*mfe) : s;
+  const int64_t N = src.shape[1] * src.shape[2] * src.shape[3];
+  for (int64_t v = 0; v < N; ++v) score_voxel(s, v, N, src.shape[0], src_div, kind, cl, m, mfe_div, out);
+}
+
+void emulate_box_mean(const DevArray& maps, const int64_t patch[3], const int64_t stride[3], float* out) {
+  const BoxGeom b = box_geom(maps, patch, stride);
+  std::vector<double> t1(static_cast<size_t>(b.K * b.X * b.Y * b.nz)), t2(static_cast<size_t>(b.K * b.X * b.ny * b.nz));
+  const View m = make_view(maps);
+  for (int64_t l = 0; l < b.K * b.X * b.Y; ++l) box_z_line(m, l, b.Z, b.pz, stride[2], b.nz, t1.data());
+  for (int64_t l = 0; l < b.K * b.X * b.nz; ++l)
+    box_line<false>(t1.data(), l, b.nz, b.Y, b.py, stride[1], b.ny, t2.data(), nullptr, b.vol);
+  for (int64_t l = 0; l < b.K * b.ny * b.nz; ++l)
+    box_line<true>(t2.data(), l, b.ny * b.nz, b.X, b.px, stride[0], b.nx, nullptr, out, b.vol);
+}
+
+void emulate_power_noise(const DevArray& scores, double beta, uint64_t seed, uint32_t loop, uint32_t image,
+                         uint32_t key, const DevArray* noise, float* out) {
+  const int64_t n = scores.size();
+  if (n >= (int64_t(1) << 32)) throw std::invalid_argument("more than 2**32 candidate positions");
+  const View s = make_view(scores);
+  const View z = noise ? make_view(*noise) : s;
+  for (int64_t i = 0; i < n; ++i) out[i] = noise_elem(s, i, beta, seed, loop, image, key, z, noise != nullptr);
 }
 
 }  // namespace cuda

@@ -5,6 +5,8 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "common/grid.h"
 #include "cuda/device_util.cuh"
 #include "cuda/engine.h"
@@ -12,15 +14,18 @@
 namespace claspe {
 namespace cuda {
 
+// Rank key of candidate i of key k; sets *bad for NaN / +inf (shared by the kernel and the emulation).
+CLASPE_KHD uint64_t rank_elem(const View& sc, int64_t k, int64_t i, unsigned* bad) {
+  const float f = load_f(sc, k * channel_stride(sc) + offset3(sc, i));
+  if (f != f || f == bits_float(0x7f800000u)) *bad = 1;
+  return rank_key(f, static_cast<uint32_t>(i));
+}
+
 __global__ void k_rank_keys(View sc, int64_t k, int64_t n, uint64_t* __restrict__ keys, unsigned* bad) {
-  const int64_t cs = channel_stride(sc);
   unsigned b = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float f = load_f(sc, k * cs + offset3(sc, i));
-    if (f != f || f == __int_as_float(0x7f800000)) b = 1;
-    keys[i] = rank_key(f, static_cast<uint32_t>(i));
-  }
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    keys[i] = rank_elem(sc, k, i, &b);
   if (b) atomicOr(bad, 1u);
 }
 
@@ -91,6 +96,20 @@ void copy_key_prefixes_to_host(uintptr_t keys, int64_t K, int64_t n, int64_t cou
                                w, static_cast<size_t>(K), cudaMemcpyDeviceToHost, st),
              "cudaMemcpy2DAsync (keys)");
   check_cuda(cudaStreamSynchronize(st), "cudaStreamSynchronize (keys)");
+}
+
+bool emulate_rank_candidates(const DevArray& scores, uint64_t* keys_out) {
+  const int64_t K = scores.shape[0];
+  const int64_t n = scores.shape[1] * scores.shape[2] * scores.shape[3];
+  if (n >= (int64_t(1) << 32)) throw std::invalid_argument("more than 2**32 candidate positions");
+  const View v = make_view(scores);
+  unsigned bad = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    uint64_t* row = keys_out + k * n;
+    for (int64_t i = 0; i < n; ++i) row[i] = rank_elem(v, k, i, &bad);
+    std::sort(row, row + n);  // the device path sorts the same keys with cub::DeviceRadixSort
+  }
+  return bad != 0;
 }
 
 }  // namespace cuda
