@@ -87,11 +87,15 @@ def test_centred_boxes_are_clamped_inside_the_image():
     assert all(p.size == (5, 5, 5) for p in out)
 
 
-def test_full_images_are_dropped_and_others_filled():
+def test_full_images_are_dropped_and_others_filled(caplog):
     labels = {k: v[:10, :10, :10] for k, v in _blob_labels(3).items()}
     full = Patch(file="img1.nii.gz", coords=(0, 0, 0), size=(10, 10, 10))
     for name in ("random", "random_fg66", "random_fg33"):
-        out = get_strategy(name).query(None, query_size=6, patch_size=4, seed=5, labels=labels, annotated=[full])
+        caplog.clear()
+        with caplog.at_level("INFO", logger="claspe.strategies.random_baselines"):
+            out = get_strategy(name).query(None, query_size=6, patch_size=4, seed=5, labels=labels,
+                                           annotated=[full])
+        assert "could not place a box in img1.nii.gz after 600 tries; dropping the image" in caplog.text
         check_valid(out, query_size=6, shapes={k: v.shape for k, v in labels.items()}, patch_size=(4, 4, 4),
                     annotated=[full])
         assert Counter(p.file for p in out) == {"img0.nii.gz": 3, "img2.nii.gz": 3}
