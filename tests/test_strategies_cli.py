@@ -135,3 +135,20 @@ def test_query_help_and_list(capsys):
     assert main(["query", "--list", "--list-aliases"]) == 0
     listed = capsys.readouterr().out
     assert "clasp_pe" in listed and "class_power_pe66_exp" in listed
+
+
+def test_mask_geometry_from_images_folder(tmp_path):
+    probs_dir = _write_folds_layout(tmp_path / "probs")
+    images = tmp_path / "imagesTr"
+    images.mkdir()
+    for c in CASES:
+        dio.write_image(images / f"{c}_0000.nii.gz", PROBS[c + ".nii.gz"][0, 1], spacing=(1.5, 0.5, 0.5),
+                        origin=(1.0, 2.0, 3.0))
+    out = tmp_path / "out"
+    assert main(["query", str(probs_dir), *ARGS, "--images", str(images), "--rng", "nnactive", "-o", str(out)]) == 0
+    img = dio.read_image(out / "masks" / f"{CASES[0]}.nii.gz")
+    np.testing.assert_allclose(img.spacing, (1.5, 0.5, 0.5))
+    np.testing.assert_allclose(img.origin, (1.0, 2.0, 3.0))
+    expect = get_strategy("clasp_pe").query(PROBS, query_size=7, patch_size=(4, 4, 3), stride=2,
+                                            n_patch_per_image=8, loop=1, num_loops=5, seed=3, rng="nnactive")
+    assert json.loads((out / "loop_002.json").read_text())["patches"] == [p.to_json() for p in expect]
