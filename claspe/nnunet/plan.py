@@ -70,18 +70,99 @@ def plan_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_pr
     return outs[0], outs[1]
 
 
-def _child_main(argv: list[str] | None = None) -> int:  # pragma: no cover - runs in the child
-    ap = argparse.ArgumentParser(description="internal: nnU-Net fingerprint + planning (env carries paths)")
-    ap.add_argument("--dataset-id", type=int, required=True)
-    ap.add_argument("--n-proc", type=int, default=1)
-    a = ap.parse_args(argv)
+def _fingerprint_and_plan(dataset_id: int, n_proc: int) -> None:  # pragma: no cover - runs in the child
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    fpe = DatasetFingerprintExtractor(a.dataset_id, max(1, a.n_proc), verbose=False)
+    fpe = DatasetFingerprintExtractor(dataset_id, max(1, n_proc), verbose=False)
     fpe.show_progress_bar = False
     fpe.run(overwrite_existing=True)
-    ExperimentPlanner(a.dataset_id).plan_experiment()
+    ExperimentPlanner(dataset_id).plan_experiment()
+
+
+def plan_resample_plan(root: str | os.PathLike, *, train: list[str], val: list[str], n_channels: int,
+                       configuration: str = "3d_fullres", n_proc: int = 1,
+                       log_file: str | os.PathLike | None = None) -> dict:
+    """The compute part of ``claspe prepare`` in ONE child process (one nnU-Net import):
+
+    ``root`` holds ``images{Tr,Val}_original``, ``labels{Tr,Val}_original`` and ``dataset.json``.
+    1. fingerprint + plan of the original pool -> target spacing;
+    2. :func:`resample_case` of every case into ``images{Tr,Val}``/``labels{Tr,Val}`` (NIfTI, target
+       spacing, source origin/direction);
+    3. fingerprint + plan of the resampled pool -> ``root/nnUNetPlans.json``,
+       ``root/dataset_fingerprint.json``.
+    Returns ``{"target_spacing", "shapes": {file: shape}, "fg_voxels": {pool file: {label: count}}}``.
+    """
+    root = Path(root).resolve()
+    with tempfile.TemporaryDirectory(prefix=".claspe-plan-", dir=root) as tmp:
+        tmp = Path(tmp)
+        job = {"root": str(root), "train": list(train), "val": list(val), "n_channels": int(n_channels),
+               "configuration": configuration, "n_proc": int(n_proc)}
+        (tmp / "job.json").write_text(json.dumps(job))
+        env = nnunet_env(raw=tmp / "raw", preprocessed=tmp / "pre", results=tmp / "res", n_proc=n_proc)
+        run_child(["-m", "claspe.nnunet.plan", "--prepare-job", str(tmp / "job.json")], env=env, log_file=log_file,
+                  what="nnU-Net planning + resampling")
+        return json.loads((tmp / "result.json").read_text())
+
+
+def _prepare_job(job_file: str) -> None:  # pragma: no cover - runs in the child (coverage via tests' subprocess)
+    from claspe.data.io import read_header, write_image
+
+    job_path = Path(job_file)
+    tmp = job_path.parent
+    job = json.loads(job_path.read_text())
+    root = Path(job["root"])
+    raw = Path(os.environ["nnUNet_raw"])
+    dj = json.loads((root / "dataset.json").read_text())
+    fe = dj["file_ending"]
+
+    def stage(dataset_id: int, images: str, labels: str) -> Path:
+        ds = raw / f"Dataset{dataset_id:03d}_plan"
+        ds.mkdir(parents=True)
+        os.symlink(root / images, ds / "imagesTr")
+        os.symlink(root / labels, ds / "labelsTr")
+        shutil.copyfile(root / "dataset.json", ds / "dataset.json")
+        _fingerprint_and_plan(dataset_id, job["n_proc"])
+        return Path(os.environ["nnUNet_preprocessed"]) / ds.name
+
+    pre1 = stage(_DATASET_ID, "imagesTr_original", "labelsTr_original")
+    plans = json.loads((pre1 / "nnUNetPlans.json").read_text())
+    cfg = job["configuration"]
+    if cfg not in plans["configurations"]:
+        raise SystemExit(f"nnU-Net planned no {cfg!r} configuration (got {sorted(plans['configurations'])})")
+    shapes, fg, spacing = {}, {}, None
+    todo = [("Tr", c) for c in job["train"]] + [("Val", c) for c in job["val"]]
+    for i, (side, c) in enumerate(todo):
+        imgs = [str(root / f"images{side}_original" / f"{c}_{ch:04d}{fe}") for ch in range(job["n_channels"])]
+        lab_file = root / f"labels{side}_original" / f"{c}{fe}"
+        data, seg, spacing = resample_case(imgs, str(lab_file), plans, dj, cfg)
+        hdr = read_header(lab_file)
+        geo = {"spacing": spacing, "origin": hdr.origin, "direction": hdr.direction}
+        for ch in range(data.shape[0]):
+            write_image(root / f"images{side}" / f"{c}_{ch:04d}{fe}", data[ch], dtype=np.float32, **geo)
+        write_image(root / f"labels{side}" / f"{c}{fe}", seg, dtype=np.uint8 if seg.max() < 256 else np.int16, **geo)
+        shapes[c + fe] = [int(s) for s in seg.shape]
+        if side == "Tr":
+            vals, counts = np.unique(seg, return_counts=True)
+            fg[c + fe] = {str(int(v)): int(n) for v, n in zip(vals, counts) if v > 0}
+        print(f"resampled {i + 1}/{len(todo)}: {c} -> shape {list(seg.shape)}", flush=True)
+    pre2 = stage(_DATASET_ID - 1, "imagesTr", "labelsTr")
+    for name in ("nnUNetPlans.json", "dataset_fingerprint.json"):
+        shutil.copyfile(pre2 / name, root / name)
+    (tmp / "result.json").write_text(json.dumps({"target_spacing": list(spacing) if spacing else None,
+                                                 "shapes": shapes, "fg_voxels": fg}))
+
+
+def _child_main(argv: list[str] | None = None) -> int:  # pragma: no cover - runs in the child
+    ap = argparse.ArgumentParser(description="internal: nnU-Net planning in a child process (env carries paths)")
+    ap.add_argument("--dataset-id", type=int)
+    ap.add_argument("--n-proc", type=int, default=1)
+    ap.add_argument("--prepare-job")
+    a = ap.parse_args(argv)
+    if a.prepare_job:
+        _prepare_job(a.prepare_job)
+    else:
+        _fingerprint_and_plan(a.dataset_id, a.n_proc)
     return 0
 
 

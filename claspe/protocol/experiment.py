@@ -43,9 +43,10 @@ from claspe.protocol.state import ExperimentLock, State
 
 log = logging.getLogger(__name__)
 
-#: test hook: ``CLASPE_TEST_PAUSE="<stage>:<marker dir>"`` makes the run write ``<dir>/<stage>`` and
-#: sleep when it reaches ``stage`` (``train``, ``predict``, ``annotate``) for the first time, so a
-#: test can SIGKILL it exactly there. Unset in normal use.
+#: test hook: ``CLASPE_TEST_PAUSE="<stage>[,<stage>...]:<marker dir>"`` makes the run write
+#: ``<dir>/<stage>`` and sleep when it reaches ``stage`` (``train``: after a training epoch,
+#: ``predict``: inside the query's fold prediction, ``annotate``: after the first label file) for the
+#: first time (no marker yet), so a test can SIGKILL it exactly there. Unset in normal use.
 _PAUSE_ENV = "CLASPE_TEST_PAUSE"
 
 
@@ -53,8 +54,8 @@ def _pause_point(stage: str) -> None:
     spec = os.environ.get(_PAUSE_ENV)
     if not spec or ":" not in spec:
         return
-    want, folder = spec.split(":", 1)
-    if want != stage:
+    want, folder = spec.rsplit(":", 1)
+    if stage not in want.split(","):
         return
     marker = Path(folder) / stage
     if marker.exists():
@@ -116,6 +117,11 @@ class _Run:
         self.ignore_label = max(int(v) for v in labels.values()) + 1
         self.gt = GroundTruth(self.ds_dir / "labelsTr", self.pool_files)
         self.n_channels = len(dj["channel_names"])
+        folds = int(config.folds)
+        if folds > len(self.pool_files) or folds > max(1, int(config.starting_budget_size)):
+            raise ValueError(f"too few cases for {folds}-fold cross-validation: the pool of {config.dataset} has "
+                             f"{len(self.pool_files)} images and the starting budget {config.starting_budget_size} "
+                             f"boxes (each fold needs >= 1 annotated image); use fewer folds")
 
     # ---- helpers -----------------------------------------------------------------------------------
     def case(self, file: str) -> str:

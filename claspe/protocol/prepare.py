@@ -30,8 +30,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 from claspe.protocol.config import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -47,17 +45,15 @@ def _settings(test_size, seed, level_separator, configuration, source) -> dict:
 def prepare_dataset(raw_dir: str | os.PathLike, data_root: str | os.PathLike, *, name: str | None = None,
                     test_size: float = 0.25, seed: int = 12345, level_separator: str | None = None,
                     configuration: str = "3d_fullres", overwrite: bool = False, progress: bool = True,
-                    n_proc: int = 1) -> Path:
+                    n_proc: int = 1, log_file: str | os.PathLike | None = None) -> Path:
     """Prepares ``raw_dir`` into ``data_root/name`` (see the module docstring); returns that folder.
 
     Raises ValueError/FileNotFoundError for invalid datasets (from ``claspe.data.load_dataset``),
     for too few cases for the split, and FileExistsError when the target exists with other settings
     (unless ``overwrite``).
     """
-    from tqdm import tqdm
-
-    from claspe.data import load_dataset, write_image, write_json
-    from claspe.nnunet.plan import plan_dataset, resample_case
+    from claspe.data import load_dataset, write_json
+    from claspe.nnunet.plan import plan_resample_plan
     from claspe.protocol.splits import heldout_split
 
     raw_dir = Path(raw_dir).absolute()
@@ -96,42 +92,12 @@ def prepare_dataset(raw_dir: str | os.PathLike, data_root: str | os.PathLike, *,
                 for ch, p in enumerate(info.image_paths[c]):
                     shutil.copyfile(p, tmp / f"images{side}_original" / f"{c}_{ch:04d}{fe}")
                 shutil.copyfile(info.label_paths[c], tmp / f"labels{side}_original" / f"{c}{fe}")
-        # 2. plan the original pool (target spacing)
-        orig = tmp / ".plan_original"
-        orig.mkdir()
-        os.symlink(tmp / "imagesTr_original", orig / "imagesTr")
-        os.symlink(tmp / "labelsTr_original", orig / "labelsTr")
-        (orig / "dataset.json").write_text(json.dumps(dj, indent=2))
-        log.info("prepare %s: planning the original pool (%d cases)", name, len(train))
-        plans_path, _ = plan_dataset(orig, orig, n_proc=n_proc)
-        plans = json.loads(plans_path.read_text())
-        if configuration not in plans["configurations"]:
-            raise ValueError(f"nnU-Net planned no {configuration!r} configuration for {raw_dir} "
-                             f"(got {sorted(plans['configurations'])})")
-        # 3. resample every case to the target spacing
-        shapes: dict[str, list[int]] = {}
-        fg_voxels: dict[str, dict[str, int]] = {}
-        spacing = None
-        todo = [("Tr", c) for c in train] + [("Val", c) for c in val]
-        for side, c in tqdm(todo, desc=f"resample {name}", disable=not progress, leave=False):
-            imgs = [str(tmp / f"images{side}_original" / f"{c}_{ch:04d}{fe}") for ch in range(info.num_channels)]
-            lab_file = str(tmp / f"labels{side}_original" / f"{c}{fe}")
-            data, seg, spacing = resample_case(imgs, lab_file, plans, dj, configuration)
-            hdr = info.header(c)
-            geo = {"spacing": spacing, "origin": hdr.origin, "direction": hdr.direction}
-            for ch in range(data.shape[0]):
-                write_image(tmp / f"images{side}" / f"{c}_{ch:04d}{fe}", data[ch], dtype=np.float32, **geo)
-            write_image(tmp / f"labels{side}" / f"{c}{fe}", seg, dtype=np.uint8 if seg.max() < 256 else np.int16,
-                        **geo)
-            shapes[c + fe] = [int(s) for s in seg.shape]
-            if side == "Tr":
-                vals, counts = np.unique(seg, return_counts=True)
-                fg_voxels[c + fe] = {str(int(v)): int(n) for v, n in zip(vals, counts) if v > 0}
-        # 4. plan the resampled pool: the plans every experiment uses
+        # 2.-4. plan the original pool, resample every case, plan the resampled pool (one child process)
         write_json(tmp / "dataset.json", dj)
-        log.info("prepare %s: planning the resampled pool", name)
-        plan_dataset(tmp, tmp, n_proc=n_proc)
-        shutil.rmtree(orig)
+        log.info("prepare %s: nnU-Net planning + resampling of %d cases", name, len(train) + len(val))
+        res = plan_resample_plan(tmp, train=train, val=val, n_channels=info.num_channels,
+                                 configuration=configuration, n_proc=n_proc, log_file=log_file)
+        spacing, shapes, fg_voxels = res["target_spacing"], res["shapes"], res["fg_voxels"]
         write_json(tmp / "prepare.json", {
             "schema_version": SCHEMA_VERSION, "name": name, "settings": settings,
             "split": {"train": list(train), "val": list(val)},
