@@ -278,7 +278,10 @@ class Randomness:
     lists the key shuffle first; that is a different stream and not what the code does (the test
     suite checks both orders against an independent generator).  Noise keys run over the
     ``top_patches`` dict in insertion order: foreground labels in ``dataset.json`` order, then -1
-    (pass ``classes`` in that order).  The reference adds float64 noise to float32 log scores;
+    (pass ``classes`` in that order).  Image order: nnU-Net's iterator sorts the case identifiers
+    (``np.unique``); we sort the ids as given, which is the same order for ids ``CASE.nii.gz``
+    unless one case name is a prefix of another followed by a character sorting before ``.``
+    (e.g. ``a`` and ``a-b``).  The reference adds float64 noise to float32 log scores;
     here the sum is rounded to float32, which can only reorder candidates whose noised scores agree
     to ~1e-7.  PowerPE: the reference calls ``power_noising`` without the strategy's generator, so
     it draws from an unseeded module-level ``default_rng()`` that cannot be reproduced; in this

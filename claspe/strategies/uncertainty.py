@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from claspe import ops
 from claspe.strategies import _io
-from claspe.strategies.common import check_classes, check_common
+from claspe.strategies.common import check_classes, check_common, check_int
 from claspe.strategies.parts import (
     KEY_PLAIN,
     BoxMean,
@@ -170,8 +170,9 @@ class UncertaintyStrategy:
 
     def compose(self, candidates: Candidates, *, query_size: int, loop: int = 0, seed: int = 0) -> list[Patch]:
         """The final query from (merged) candidates, ``rng="philox"``."""
-        randomness = Randomness(mode="philox", seed=seed, loop=loop)
-        return self._compose(candidates, query_size=int(query_size), randomness=randomness, n_per_image=None)
+        query_size = check_int(query_size, "query_size", minimum=1)
+        randomness = Randomness(mode="philox", seed=seed, loop=check_int(loop, "loop", minimum=0))
+        return self._compose(candidates, query_size=query_size, randomness=randomness, n_per_image=None)
 
     # ------------------------------------------------------------------------------------------
     def _candidates(self, probabilities, *, patch, stride, n_per_image, loop, num_loops, annotated, randomness,
