@@ -127,6 +127,10 @@ def collect_runs(root) -> Collection:
                 continue
             run.results[k] = doc
         runs.append(run)
+    regime_rank = {"low": 0, "medium": 1, "high": 2}
+    runs.sort(key=lambda r: (r.config.dataset, regime_rank.get(r.config.label_regime, 3), r.config.label_regime,
+                             r.config.query_size, r.config.patch_size, r.config.trainer, r.config.strategy,
+                             r.config.seed))
     rows, crow, srow, settings = [], [], [], {}
     for run in runs:
         cfg = run.config

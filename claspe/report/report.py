@@ -147,11 +147,17 @@ def write_report(exp_root, out_dir=None, *, alpha: float = 0.05, full_data: dict
         figs["ranks"].append(rp)
 
     # ---- Markdown
-    summ_cols = ["setting_label", "method", "n_seeds", "AUBC", "AUBC_std", "FinalDice", "FinalDice_std", "FG_Eff",
+    summ_cols = ["setting", "method", "n_seeds", "AUBC", "AUBC_std", "FinalDice", "FinalDice_std", "FG_Eff",
                  "FG_Eff_SE", "FinalFGFraction"]
     md = [f"# ClaSP PE report: {exp_root}\n",
           f"{len(col.runs)} experiment(s), {int(col.status_df['complete'].sum())} complete, "
           f"{len(settings)} setting(s), methods: {', '.join(figures.method_order(col.runs_df['method']))}.\n"]
+    settings_tab = (col.status_df.groupby("setting", sort=False)
+                    .agg(setting_label=("setting_label", "first"), methods=("method", "nunique"),
+                         runs=("seed", "size"), complete=("complete", "sum")).reset_index())
+    settings_tab.to_csv(out / "settings.csv", index=False)
+    md.append("## Settings\n")
+    md.append(to_markdown(settings_tab))
     md.append("## What is missing\n")
     md.append("\n".join(f"- {line}" for line in missing) + "\n" if missing else "Nothing: every run is complete.\n")
     md.append("## Summary per setting (AUBC, Final Dice ×100; mean ± std over seeds; FG-Eff γ ± SE)\n")
@@ -183,6 +189,7 @@ def write_report(exp_root, out_dir=None, *, alpha: float = 0.05, full_data: dict
          "</head><body>", f"<h1>ClaSP PE report</h1><p class='note'>{html.escape(str(exp_root))}: "
          f"{len(col.runs)} experiment(s), {int(col.status_df['complete'].sum())} complete, {len(settings)} setting(s)."
          "</p>"]
+    h.append("<h2>Settings</h2>" + _html_table(settings_tab))
     h.append("<h2>What is missing</h2>")
     if missing:
         h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in missing) + "</ul></div>")
