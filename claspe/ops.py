@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from claspe import _ext
+from claspe import _cuda, _ext
 from claspe import reference as _ref
 
 BACKENDS = ("auto", "cpu", "cuda", "numpy")
@@ -241,6 +241,7 @@ class FoldAccumulator:
         self._sum: np.ndarray | None = None
         self._ent: np.ndarray | None = None
         self._n = 0
+        self._gpu: _cuda.CudaFoldAccumulator | None = None  # CUDA backend state (claspe/_cuda.py)
 
     @property
     def n_folds(self) -> int:
@@ -253,6 +254,12 @@ class FoldAccumulator:
         return self._sum
 
     def add(self, fold, *, logits: bool = False) -> None:
+        if self.backend == "cuda" or (self.backend is None and _cuda.wants(self._backend_req, fold)):  # GPU folds
+            self._gpu = self._gpu or _cuda.CudaFoldAccumulator(track_fold_entropy=self.track_fold_entropy)
+            self._gpu.add(fold, logits=logits)
+            self.backend, self.shape, self._n, self._sum, self._ent = (
+                "cuda", self._gpu.shape, self._gpu.n_folds, self._gpu.sum, self._gpu.ent)
+            return
         backend = _resolve_backend(self._backend_req if self.backend is None else self.backend, fold)
         if self.backend is not None and backend != self.backend:
             raise ValueError(f"fold is on backend {backend!r} but the accumulator is on {self.backend!r}")
@@ -295,6 +302,8 @@ class FoldAccumulator:
     def mean(self) -> np.ndarray:
         """Fold-mean probabilities [C, X, Y, Z] float32: sum / float32(n_folds)."""
         self._require()
+        if self.backend == "cuda":
+            return self._gpu.mean()
         return (self._sum / np.float32(self._n)).astype(np.float32)
 
     def mean_fold_entropy(self) -> np.ndarray:
@@ -302,6 +311,8 @@ class FoldAccumulator:
         self._require()
         if not self.track_fold_entropy:
             raise ValueError("mean fold entropy needs FoldAccumulator(track_fold_entropy=True)")
+        if self.backend == "cuda":
+            return self._gpu.mean_fold_entropy()
         return (self._ent / np.float32(self._n)).astype(np.float32)
 
     def _score_args(self, score: str, classes):
@@ -314,6 +325,8 @@ class FoldAccumulator:
     def score_maps(self, score: str = "pe", classes: Sequence[int] | None = None) -> np.ndarray:
         """Score maps [K, X, Y, Z] float32 (see :func:`score_maps`), computed from the fold sums."""
         cls = self._score_args(score, classes)
+        if self.backend == "cuda":
+            return self._gpu.score_maps(score, cls)
         if self.backend == "cpu":
             return _C().acc_maps(self._sum, self._ent, float(self._n), _score_kind(score), cls)
         mfe = self.mean_fold_entropy() if score in ("bald", "expected_entropy") else None
@@ -327,6 +340,8 @@ class FoldAccumulator:
         cls = self._score_args(score, classes)
         patch = _triple(patch, "patch")
         stride = _triple(stride, "stride")
+        if self.backend == "cuda":
+            return self._gpu.box_scores(score, cls, patch, stride)
         if self.backend == "cpu":
             return _C().acc_box(self._sum, self._ent, float(self._n), _score_kind(score), cls, patch, stride)
         return _ref.box_mean(self.score_maps(score, cls), patch, stride)
@@ -347,6 +362,8 @@ def score_maps(
     ``mean_fold_entropy`` [X, Y, Z] is required for ``bald`` and ``expected_entropy``.
     """
     _score_kind(score)
+    if _cuda.wants(backend, mean, mean_fold_entropy):
+        return _cuda.score_maps(mean, score, classes, mean_fold_entropy)
     mean = _as_float_array(mean, "mean", 4)
     backend = _resolve_backend(backend, mean)
     _check_probabilities(mean, "mean", backend)
@@ -477,6 +494,9 @@ def fold_box_scores(
     _score_kind(score)
     patch = _triple(patch, "patch")
     stride = _triple(stride, "stride")
+    gpu_items = _cuda.gpu_folds(folds, backend)
+    if gpu_items is not None:
+        return _cuda.fold_box_scores(gpu_items, score=score, classes=classes, patch=patch, stride=stride, logits=logits)
     items = _fold_items(folds)
     mapped: list[_MappedNpy] = []
     try:
@@ -552,6 +572,8 @@ def box_mean(maps, patch, stride=1, *, backend: str = "auto") -> np.ndarray:
     (or [nx, ny, nz]); candidate i on an axis has start corner i*stride.  Running sums in float64
     (Z, then Y, then X), so any box size costs O(N); equal to a conv3d box filter to ~1e-7 relative.
     """
+    if _cuda.wants(backend, maps):
+        return _cuda.box_mean(maps, patch, stride)
     a = _as_float_array(maps, "maps", (3, 4))
     squeeze = a.ndim == 3
     if squeeze:
@@ -585,6 +607,8 @@ def power_noise(scores, beta=None, *, seed: int = 0, loop: int = 0, image: int =
     does not depend on thread count, processing order or device.  With ``noise=`` (same shape,
     already scaled) that array is added instead and ``beta`` is ignored.  Zero scores give -inf.
     """
+    if _cuda.wants(backend, scores, noise):
+        return _cuda.power_noise(scores, beta, seed=seed, loop=loop, image=image, key=key, noise=noise)
     s = _as_float_array(scores, "scores", (1, 2, 3, 4))
     _check_finite(s, "scores")
     if (s < 0).any():
@@ -638,6 +662,9 @@ def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), b
     candidates run out (never hangs).  The CPU engine tests overlap in O(1) through a mask over the
     candidate grid and ranks by partial selection, not a full sort.
     """
+    if _cuda.wants(backend, scores):
+        return _cuda.select_patches(scores, patch=patch, stride=stride, volume_shape=volume_shape, quotas=quotas,
+                                    blocked=blocked)
     a = _as_float_array(scores, "scores", (3, 4))
     if a.ndim == 3:
         a = a[None]
