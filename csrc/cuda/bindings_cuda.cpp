@@ -324,6 +324,13 @@ void claspe_register_cuda(py::module_& m) {
         cu::stream_synchronize(device, stream);
       },
       py::arg("device"), py::arg("stream"));
+  m.def(
+      "cuda_memset_zero",
+      [](uintptr_t ptr, int64_t bytes, int device, uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cu::memset_zero(ptr, bytes, device, stream);
+      },
+      py::arg("ptr"), py::arg("bytes"), py::arg("device"), py::arg("stream"));
   m.def("cuda_check", &check, py::arg("array"), py::arg("lo"), py::arg("hi"), py::arg("sum_axis0"),
         py::arg("device"), py::arg("stream"), "value checks (NaN/Inf/range/channel sums); synchronizes");
   m.def("cuda_accumulate", &accumulate, py::arg("fold"), py::arg("sum"), py::arg("ent_sum"), py::arg("logits"),

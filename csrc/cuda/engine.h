@@ -47,6 +47,8 @@ int pointer_device(uintptr_t ptr);
 std::string runtime_version();
 std::string driver_version();
 void stream_synchronize(int device, uintptr_t stream);
+// cudaMemsetAsync(ptr, 0, bytes) on the stream.
+void memset_zero(uintptr_t ptr, int64_t bytes, int device, uintptr_t stream);
 
 // ---- value checks (one pass; synchronizes the stream to read the result back) ------------------
 struct CheckResult {

@@ -70,6 +70,13 @@ void stream_synchronize(int device, uintptr_t stream) {
   check_cuda(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
 }
 
+void memset_zero(uintptr_t ptr, int64_t bytes, int device, uintptr_t stream) {
+  if (bytes <= 0) return;
+  DeviceGuard g(device);
+  check_cuda(cudaMemsetAsync(reinterpret_cast<void*>(ptr), 0, static_cast<size_t>(bytes), as_stream(stream)),
+             "cudaMemsetAsync");
+}
+
 // ---------------------------------------------------------------------------------------------
 // value checks
 // ---------------------------------------------------------------------------------------------
