@@ -80,3 +80,17 @@ def container(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "pytest", "pytest-timeout")
     python = os.path.join(session.bin, "python")
     session.run("bash", "container/ci_build.sh", "--pytest", python, *session.posargs, external=True)
+
+
+@nox.session(python=PYTHON)
+def slurm(session: nox.Session) -> None:
+    """`claspe grid --executor slurm` on a real single-node SLURM (tests/slurm/run.sh).
+
+    Needs root: installs Debian's slurm-wlm + munge when missing, starts munged (as the munge user),
+    slurmctld and slurmd with two fake GPUs in a temporary folder, runs the `slurm`-marked tests and
+    stops the daemons it started (by PID) on exit.
+    """
+    install_project(session, "test")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "tests/slurm/run.sh", python, *session.posargs, env={**ENV, "OMP_NUM_THREADS": "1"},
+                external=True)
