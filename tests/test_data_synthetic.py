@@ -141,3 +141,19 @@ def test_idempotent_and_overwrite(tmp_path):
 def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_dataset(tmp_path, **kw)
+
+
+@pytest.mark.nnunet
+def test_nnunet_own_integrity_checks_accept_the_dataset(synth, tmp_path):
+    """nnU-Net v2's per-case checks (the ones verify_dataset_integrity runs in a pool) pass, for one
+    and two channels."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import check_cases, verify_labels
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    two = make_synthetic_dataset(tmp_path, n_cases=2, seed=0, n_channels=2, shape_jitter=0.1)
+    for root in (synth, two):
+        info = load_dataset(root)
+        for c in info.case_ids:
+            imgs = [str(p) for p in info.image_paths[c]]
+            assert check_cases(imgs, str(info.label_paths[c]), info.num_channels, SimpleITKIO)
+            assert verify_labels(str(info.label_paths[c]), SimpleITKIO, [0, 1, 2, 3])

@@ -8,7 +8,9 @@
 * :mod:`claspe.data.colin27` -- ``make_colin27_dataset`` from Debian's ``mricron-data`` (Colin27 + AAL).
 """
 
+from claspe.data.colin27 import make_colin27_dataset
 from claspe.data.dataset import DatasetInfo, foreground_ids, load_dataset, parse_labels, read_dataset_json
+from claspe.data.importers import import_dataset, import_msd, import_nnunet_raw
 from claspe.data.io import ImageData, ImageHeader, copy_file, read_header, read_image, write_image, write_json
 from claspe.data.synthetic import make_synthetic_dataset
 
@@ -18,7 +20,11 @@ __all__ = [
     "ImageHeader",
     "copy_file",
     "foreground_ids",
+    "import_dataset",
+    "import_msd",
+    "import_nnunet_raw",
     "load_dataset",
+    "make_colin27_dataset",
     "make_synthetic_dataset",
     "parse_labels",
     "read_dataset_json",

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from claspe.data.io import write_image, write_json
 
@@ -209,6 +208,7 @@ def make_colin27_dataset(
 
 
 def _build(root: Path, tdir: Path, p: dict, dataset_name: str) -> None:
+    from scipy import ndimage
     from tqdm.auto import tqdm
 
     from claspe.data.synthetic import _smooth_field

@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from claspe.data.io import write_image, write_json
 
@@ -67,6 +66,8 @@ def _coords(shape: Sequence[int], spacing: Sequence[float]) -> list[np.ndarray]:
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], sigma_vox: Sequence[float]) -> np.ndarray:
     """Smooth random field with zero mean and unit standard deviation."""
+    from scipy import ndimage
+
     f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma_vox, mode="wrap")
     f -= f.mean()
     sd = f.std()
@@ -87,6 +88,8 @@ def make_case(
 
     Labels follow :data:`LABELS`. ``rng`` is the only source of randomness.
     """
+    from scipy import ndimage
+
     shape = tuple(int(s) for s in shape)
     sp = np.asarray(spacing, dtype=np.float32)
     ext = np.asarray(shape, dtype=np.float32) * sp  # mm per axis
