@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from claspe import ops
 from claspe.types import Patch
+
+
+@pytest.fixture(autouse=True)
+def one_engine_thread():
+    """The strategy tests run thousands of tiny queries, where OpenMP start-up costs dominate on a
+    loaded 2-core machine; results never depend on the thread count (tested explicitly)."""
+    with ops.threads(1):
+        yield
 
 
 def softmax(logits: np.ndarray, axis: int) -> np.ndarray:

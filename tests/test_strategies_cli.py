@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from strategies_data import make_probs
+from strategies_data import make_probs, one_engine_thread  # noqa: F401 (autouse fixture)
 
 from claspe.cli import main
 from claspe.data import io as dio

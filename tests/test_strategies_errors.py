@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from strategies_data import make_probs
+from strategies_data import make_probs, one_engine_thread  # noqa: F401 (autouse fixture)
 
 from claspe import Patch
 from claspe.strategies import get_strategy

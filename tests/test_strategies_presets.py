@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from strategies_data import check_valid, labels_from_probs, make_probs, shapes_of
+from strategies_data import check_valid, labels_from_probs, make_probs, one_engine_thread, shapes_of  # noqa: F401 (autouse fixture)
 
 from claspe import Patch
 from claspe.strategies import (

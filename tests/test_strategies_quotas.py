@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from strategies_data import check_valid, make_probs, shapes_of
+from strategies_data import check_valid, make_probs, one_engine_thread, shapes_of  # noqa: F401 (autouse fixture)
 
 from claspe.strategies import Randomness, Stratifier, get_strategy
 

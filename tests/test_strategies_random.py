@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from scipy import ndimage
-from strategies_data import check_valid
+from strategies_data import check_valid, one_engine_thread  # noqa: F401 (autouse fixture)
 
 from claspe import Patch
 from claspe.strategies import RandomStrategy, get_strategy, starting_budget

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from strategies_data import make_probs
+from strategies_data import make_probs, one_engine_thread  # noqa: F401 (autouse fixture)
 
 from claspe import Patch
 from claspe.strategies import (
