@@ -1,9 +1,11 @@
 // Fold accumulation, validation, score maps and the fused box-mean plane passes (see engine.h).
 //
-// Work is organised in voxel lines (x, y, z = 0..Z-1): each line of every channel is converted to a
-// float32 scratch buffer (F16C for float16), and all per-voxel arithmetic runs in `omp simd` loops
-// over z that evaluate the scalar rules of csrc/common (bit-identical to claspe/reference.py;
-// vectorising across independent voxels does not change any voxel's operations).
+// Work is organised in segments (lines y0..y0+7 of one x-plane, all z): each channel segment is read
+// in place when it is contiguous float32, else converted to a float32 scratch buffer (F16C for
+// float16).  All per-voxel arithmetic runs in `omp simd` loops over the segment that evaluate the
+// scalar rules of csrc/common (bit-identical to claspe/reference.py: vectorising across independent
+// voxels does not change any voxel's operations).  Every output element is written by one thread,
+// so results do not depend on the thread count or schedule.
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -30,6 +32,10 @@ namespace cpu {
 namespace {
 
 inline int64_t padded(int64_t n) { return (n + 15) & ~int64_t(15); }
+
+// y-lines per segment: a segment is lines y0..y0+yt-1 (yt <= kYTile) of one x-plane, all z, i.e.
+// n = yt*Z voxels flattened as (y, z).  Long contiguous segments keep the hardware prefetchers busy.
+constexpr int64_t kYTile = 8;
 
 // Converts line (c, x, y, 0..n-1) of `a` to float32.
 inline void load_line(const View4& a, int64_t c, int64_t x, int64_t y, int64_t n, float* dst) {
@@ -59,26 +65,76 @@ inline void load_line(const View4& a, int64_t c, int64_t x, int64_t y, int64_t n
   }
 }
 
+// Segment (c, x, y0..y0+yt-1, all z) of `a` as yt*Z contiguous floats: a pointer into `a` itself
+// when it is aligned contiguous float32 there, else converted into `scratch`.
+inline const float* seg_ptr(const View4& a, int64_t c, int64_t x, int64_t y0, int64_t yt, float* scratch) {
+  const int64_t Z = a.shape[3];
+  const char* p = a.data + c * a.strides[0] + x * a.strides[1] + y0 * a.strides[2];
+  const int64_t isz = a.dtype == kF32 ? 4 : 2;
+  const bool contiguous = a.strides[3] == isz && (yt == 1 || a.strides[2] == Z * isz);
+  if (contiguous && a.dtype == kF32 && reinterpret_cast<uintptr_t>(p) % 4 == 0)
+    return reinterpret_cast<const float*>(p);
+  if (contiguous) {
+    View4 flat = a;  // one long line
+    flat.data = p;
+    load_line(flat, 0, 0, 0, yt * Z, scratch);
+  } else {
+    for (int64_t yl = 0; yl < yt; ++yl) load_line(a, c, x, y0 + yl, Z, scratch + yl * Z);
+  }
+  return scratch;
+}
+
 struct Thresholds {
   float lo, hi;
   double tol;
   explicit Thresholds(double t) : lo(static_cast<float>(-t)), hi(static_cast<float>(1.0 + t)), tol(t) {}
 };
 
-// Probability checks of one voxel line of C channels (b: C rows of stride zp).
-inline void check_prob_line(const float* b, int64_t C, int64_t zp, int64_t n, const Thresholds& th, float* ssum,
-                            CheckResult& r) {
-  int bad_nf = 0, bad_rng = 0;
-  for (int64_t z = 0; z < n; ++z) ssum[z] = 0.0f;
-  const float lo = th.lo, hi = th.hi;
-  for (int64_t c = 0; c < C; ++c) {
-    const float* v = b + c * zp;
-#pragma omp simd reduction(| : bad_nf, bad_rng)
+// One channel of the probability check, fused with the fold-sum update:
+//   ssum = (c == 0 ? 0 : ssum) + v;  acc = (first ? 0 : acc) + v  (acc may be null);  flags.
+template <bool kFirstChannel, bool kFirstFold>
+inline void prob_channel(const float* v, float* ssum, float* acc, int64_t n, float lo, float hi, int& bad_nf,
+                         int& bad_rng) {
+  int nf = 0, rng = 0;
+  if (acc) {
+#pragma omp simd reduction(| : nf, rng)
     for (int64_t z = 0; z < n; ++z) {
       const float x = v[z];
-      ssum[z] = ssum[z] + x;
-      bad_nf |= !(fabsf(x) <= FLT_MAX);
-      bad_rng |= (x < lo) | (x > hi);
+      ssum[z] = (kFirstChannel ? 0.0f : ssum[z]) + x;
+      acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
+      nf |= !(fabsf(x) <= FLT_MAX);
+      rng |= (x < lo) | (x > hi);
+    }
+  } else {
+#pragma omp simd reduction(| : nf, rng)
+    for (int64_t z = 0; z < n; ++z) {
+      const float x = v[z];
+      ssum[z] = (kFirstChannel ? 0.0f : ssum[z]) + x;
+      nf |= !(fabsf(x) <= FLT_MAX);
+      rng |= (x < lo) | (x > hi);
+    }
+  }
+  bad_nf |= nf;
+  bad_rng |= rng;
+}
+
+// Probability checks of C channel rows src[c] (n voxels), optionally adding them to acc rows
+// (acc + c*astride): finite, within [lo, hi], |sum_c - 1| <= tol (float32 sum over c in order).
+inline void check_probs_seg(const float* const* src, int64_t C, int64_t n, const Thresholds& th, float* ssum,
+                            float* acc, int64_t astride, bool first, CheckResult& r) {
+  int bad_nf = 0, bad_rng = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    float* a = acc ? acc + c * astride : nullptr;
+    if (c == 0) {
+      if (first)
+        prob_channel<true, true>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
+      else
+        prob_channel<true, false>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
+    } else {
+      if (first)
+        prob_channel<false, true>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
+      else
+        prob_channel<false, false>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
     }
   }
   float md = r.maxdev;
@@ -93,55 +149,69 @@ inline void check_prob_line(const float* b, int64_t C, int64_t zp, int64_t n, co
   if (static_cast<double>(md) > th.tol) r.flags |= kFlagBadSum;
 }
 
-inline void check_finite_line(const float* b, int64_t rows, int64_t zp, int64_t n, CheckResult& r) {
+inline void check_finite_seg(const float* const* src, int64_t rows, int64_t n, CheckResult& r) {
   int bad = 0;
   for (int64_t c = 0; c < rows; ++c) {
-    const float* v = b + c * zp;
+    const float* v = src[c];
 #pragma omp simd reduction(| : bad)
     for (int64_t z = 0; z < n; ++z) bad |= !(fabsf(v[z]) <= FLT_MAX);
   }
   if (bad) r.flags |= kFlagNonFinite;
 }
 
-// In-place softmax over C rows (reference.softmax).
-inline void softmax_line(float* b, int64_t C, int64_t zp, int64_t n, float* mx, float* s) {
-  memcpy(mx, b, static_cast<size_t>(n) * 4);
+// Softmax over C rows (reference.softmax): dst[c] = expf(src[c] - max) / sum; dst may alias src.
+inline void softmax_seg(const float* const* src, int64_t C, int64_t n, float* dst, int64_t dstride, float* mx,
+                        float* s) {
+  memcpy(mx, src[0], static_cast<size_t>(n) * 4);
   for (int64_t c = 1; c < C; ++c) {
-    const float* v = b + c * zp;
+    const float* v = src[c];
 #pragma omp simd
     for (int64_t z = 0; z < n; ++z) mx[z] = v[z] > mx[z] ? v[z] : mx[z];
   }
-  for (int64_t z = 0; z < n; ++z) s[z] = 0.0f;
   for (int64_t c = 0; c < C; ++c) {
-    float* v = b + c * zp;
+    const float* v = src[c];
+    float* d = dst + c * dstride;
+    if (c == 0) {
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) {
-      const float e = expf_portable(v[z] - mx[z]);
-      v[z] = e;
-      s[z] = s[z] + e;
+      for (int64_t z = 0; z < n; ++z) {
+        const float e = expf_portable(v[z] - mx[z]);
+        d[z] = e;
+        s[z] = 0.0f + e;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t z = 0; z < n; ++z) {
+        const float e = expf_portable(v[z] - mx[z]);
+        d[z] = e;
+        s[z] = s[z] + e;
+      }
     }
   }
   for (int64_t c = 0; c < C; ++c) {
-    float* v = b + c * zp;
+    float* d = dst + c * dstride;
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) v[z] = v[z] / s[z];
+    for (int64_t z = 0; z < n; ++z) d[z] = d[z] / s[z];
   }
 }
 
-// h = -(sum_c plogp(b_c)) (reference.entropy); `scale` != 1 divides b first (fold mean).
-inline void entropy_line(const float* b, int64_t C, int64_t zp, int64_t n, float* h) {
-  for (int64_t z = 0; z < n; ++z) h[z] = 0.0f;
+// h = -(sum_c plogp(p_c)) (reference.entropy) of C rows p[c].
+inline void entropy_seg(const float* const* p, int64_t C, int64_t n, float* h) {
   for (int64_t c = 0; c < C; ++c) {
-    const float* v = b + c * zp;
+    const float* v = p[c];
+    if (c == 0) {
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) h[z] = h[z] + plogp(v[z]);
+      for (int64_t z = 0; z < n; ++z) h[z] = 0.0f + plogp(v[z]);
+    } else {
+#pragma omp simd
+      for (int64_t z = 0; z < n; ++z) h[z] = h[z] + plogp(v[z]);
+    }
   }
 #pragma omp simd
   for (int64_t z = 0; z < n; ++z) h[z] = -h[z];
 }
 
 // dst = (first ? 0 : dst) + src
-inline void add_line(float* dst, const float* src, int64_t n, bool first) {
+inline void add_row(float* dst, const float* src, int64_t n, bool first) {
   if (first) {
 #pragma omp simd
     for (int64_t z = 0; z < n; ++z) dst[z] = 0.0f + src[z];
@@ -151,8 +221,8 @@ inline void add_line(float* dst, const float* src, int64_t n, bool first) {
   }
 }
 
-// Score map rows out[k * ostride + z] from fold sums s (C rows), entropy sum e, fold count mf.
-inline void maps_from_sums(const float* s, const float* e, int64_t C, int64_t zp, int64_t n, float mf,
+// Score map rows out + k*ostride from fold-sum rows s[c], entropy-sum row e, fold count mf.
+inline void maps_from_sums(const float* const* s, const float* e, int64_t C, int64_t n, float mf,
                            const ScoreSpec& spec, float* tmp, float* out, int64_t ostride) {
   if (spec.kind == kScoreExpectedEntropy) {
 #pragma omp simd
@@ -160,20 +230,25 @@ inline void maps_from_sums(const float* s, const float* e, int64_t C, int64_t zp
     return;
   }
   float* pe = tmp;
-  for (int64_t z = 0; z < n; ++z) pe[z] = 0.0f;
   for (int64_t c = 0; c < C; ++c) {
-    const float* v = s + c * zp;
+    const float* v = s[c];
+    if (c == 0) {
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) pe[z] = pe[z] + plogp(v[z] / mf);
+      for (int64_t z = 0; z < n; ++z) pe[z] = 0.0f + plogp(v[z] / mf);
+    } else {
+#pragma omp simd
+      for (int64_t z = 0; z < n; ++z) pe[z] = pe[z] + plogp(v[z] / mf);
+    }
   }
-#pragma omp simd
-  for (int64_t z = 0; z < n; ++z) pe[z] = -pe[z];
   if (spec.kind == kScorePE) {
-    memcpy(out, pe, static_cast<size_t>(n) * 4);
+#pragma omp simd
+    for (int64_t z = 0; z < n; ++z) out[z] = -pe[z];
   } else if (spec.kind == kScoreClassPE) {
+#pragma omp simd
+    for (int64_t z = 0; z < n; ++z) pe[z] = -pe[z];
     const int64_t nc = static_cast<int64_t>(spec.classes.size());
     for (int64_t j = 0; j < nc; ++j) {
-      const float* v = s + spec.classes[j] * zp;
+      const float* v = s[spec.classes[j]];
       float* o = out + j * ostride;
 #pragma omp simd
       for (int64_t z = 0; z < n; ++z) o[z] = pe[z] * (v[z] / mf);
@@ -181,7 +256,7 @@ inline void maps_from_sums(const float* s, const float* e, int64_t C, int64_t zp
     memcpy(out + nc * ostride, pe, static_cast<size_t>(n) * 4);
   } else {  // BALD
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) out[z] = bald_score(pe[z], e[z] / mf);
+    for (int64_t z = 0; z < n; ++z) out[z] = bald_score(-pe[z], e[z] / mf);
   }
 }
 
@@ -194,15 +269,19 @@ int n_threads_now() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// map producers: fill K rows (stride zp) with the score maps of line (x, y)
+// map producers: segment(x, y0, yt, rows) points rows[k] (k < K) at the yt*Z floats of map k of
+// the segment.  One producer per thread (it owns its scratch buffers).
 // ---------------------------------------------------------------------------------------------
 
 struct MapsProducer {
   const View4& maps;
-  int64_t K, Z;
-  void line(int64_t x, int64_t y, float* out, int64_t zp) {
-    for (int64_t k = 0; k < K; ++k) load_line(maps, k, x, y, Z, out + k * zp);
+  int64_t K, np;
+  std::vector<float> buf;
+  MapsProducer(const View4& m) : maps(m), K(m.shape[0]), np(padded(kYTile * m.shape[3])), buf(K * np) {}
+  void segment(int64_t x, int64_t y0, int64_t yt, const float** rows) {
+    for (int64_t k = 0; k < K; ++k) rows[k] = seg_ptr(maps, k, x, y0, yt, buf.data() + k * np);
   }
+  void finish() {}
 };
 
 struct AccProducer {
@@ -210,21 +289,26 @@ struct AccProducer {
   const View4* ent;
   float mf;
   const ScoreSpec& spec;
-  int64_t C, Z, zp;
-  std::vector<float> s, e, tmp;
+  int64_t C, np;
+  std::vector<float> sb, eb, tmp, out;
+  std::vector<const float*> s;
   AccProducer(const View4& sum_, const View4* ent_, float n, const ScoreSpec& spec_)
-      : sum(sum_), ent(ent_), mf(n), spec(spec_), C(sum_.shape[0]), Z(sum_.shape[3]), zp(padded(sum_.shape[3])) {
-    s.resize(C * zp);
-    e.resize(zp);
-    tmp.resize(zp);
+      : sum(sum_), ent(ent_), mf(n), spec(spec_), C(sum_.shape[0]), np(padded(kYTile * sum_.shape[3])) {
+    sb.resize(C * np);
+    eb.resize(np);
+    tmp.resize(np);
+    out.resize(spec.n_maps() * np);
+    s.resize(C);
   }
-  void line(int64_t x, int64_t y, float* out, int64_t ostride) {
-    const bool need_pe_sums = spec.kind != kScoreExpectedEntropy;
-    if (need_pe_sums)
-      for (int64_t c = 0; c < C; ++c) load_line(sum, c, x, y, Z, s.data() + c * zp);
-    if (score_needs_fold_entropy(spec.kind)) load_line(*ent, 0, x, y, Z, e.data());
-    maps_from_sums(s.data(), e.data(), C, zp, Z, mf, spec, tmp.data(), out, ostride);
+  void segment(int64_t x, int64_t y0, int64_t yt, const float** rows) {
+    const int64_t n = yt * sum.shape[3];
+    if (spec.kind != kScoreExpectedEntropy)
+      for (int64_t c = 0; c < C; ++c) s[c] = seg_ptr(sum, c, x, y0, yt, sb.data() + c * np);
+    const float* e = score_needs_fold_entropy(spec.kind) ? seg_ptr(*ent, 0, x, y0, yt, eb.data()) : nullptr;
+    maps_from_sums(s.data(), e, C, n, mf, spec, tmp.data(), out.data(), np);
+    for (int64_t k = 0; k < spec.n_maps(); ++k) rows[k] = out.data() + k * np;
   }
+  void finish() {}
 };
 
 struct FoldsProducer {
@@ -233,37 +317,55 @@ struct FoldsProducer {
   Thresholds th;
   const ScoreSpec& spec;
   bool track;
-  int64_t C, Z, zp;
-  std::vector<float> b, s, e, h, t1, t2;
+  int64_t C, np;
+  std::vector<float> b, s, e, h, t1, t2, out;
+  std::vector<const float*> src, srows;
   std::vector<CheckResult> checks;
-  FoldsProducer(const std::vector<View4>& folds_, bool logits_, double tol, const ScoreSpec& spec_)
+  std::vector<CheckResult>* total;
+  FoldsProducer(const std::vector<View4>& folds_, bool logits_, double tol, const ScoreSpec& spec_,
+                std::vector<CheckResult>* total_)
       : folds(folds_), logits(logits_), th(tol), spec(spec_), track(score_needs_fold_entropy(spec_.kind)),
-        C(folds_[0].shape[0]), Z(folds_[0].shape[3]), zp(padded(folds_[0].shape[3])) {
-    b.resize(C * zp);
-    s.resize(C * zp);
-    e.resize(zp);
-    h.resize(zp);
-    t1.resize(zp);
-    t2.resize(zp);
+        C(folds_[0].shape[0]), np(padded(kYTile * folds_[0].shape[3])), total(total_) {
+    b.resize(C * np);
+    s.resize(C * np);
+    e.resize(np);
+    h.resize(np);
+    t1.resize(np);
+    t2.resize(np);
+    out.resize(spec.n_maps() * np);
+    src.resize(C);
+    srows.resize(C);
     checks.resize(folds_.size());
+    for (int64_t c = 0; c < C; ++c) srows[c] = s.data() + c * np;
   }
-  void line(int64_t x, int64_t y, float* out, int64_t ostride) {
+  void segment(int64_t x, int64_t y0, int64_t yt, const float** rows) {
     const int64_t M = static_cast<int64_t>(folds.size());
+    const int64_t n = yt * folds[0].shape[3];
     for (int64_t f = 0; f < M; ++f) {
-      for (int64_t c = 0; c < C; ++c) load_line(folds[f], c, x, y, Z, b.data() + c * zp);
+      const bool first = f == 0;
+      for (int64_t c = 0; c < C; ++c) src[c] = seg_ptr(folds[f], c, x, y0, yt, b.data() + c * np);
       if (logits) {
-        check_finite_line(b.data(), C, zp, Z, checks[f]);
-        softmax_line(b.data(), C, zp, Z, t1.data(), t2.data());
+        check_finite_seg(src.data(), C, n, checks[f]);
+        softmax_seg(src.data(), C, n, b.data(), np, t1.data(), t2.data());
+        for (int64_t c = 0; c < C; ++c) {
+          src[c] = b.data() + c * np;  // now the fold's probabilities
+          add_row(s.data() + c * np, src[c], n, first);
+        }
       } else {
-        check_prob_line(b.data(), C, zp, Z, th, t1.data(), checks[f]);
+        check_probs_seg(src.data(), C, n, th, t1.data(), s.data(), np, first, checks[f]);
       }
-      for (int64_t c = 0; c < C; ++c) add_line(s.data() + c * zp, b.data() + c * zp, Z, f == 0);
-      if (track) {
-        entropy_line(b.data(), C, zp, Z, h.data());
-        add_line(e.data(), h.data(), Z, f == 0);
-      }
+      if (track) entropy_seg(src.data(), C, n, h.data());
+      if (track) add_row(e.data(), h.data(), n, first);
     }
-    maps_from_sums(s.data(), e.data(), C, zp, Z, static_cast<float>(M), spec, t1.data(), out, ostride);
+    maps_from_sums(srows.data(), e.data(), C, n, static_cast<float>(M), spec, t1.data(), out.data(), np);
+    for (int64_t k = 0; k < spec.n_maps(); ++k) rows[k] = out.data() + k * np;
+  }
+  void finish() {
+#pragma omp critical(claspe_fold_checks)
+    for (size_t i = 0; i < checks.size(); ++i) {
+      (*total)[i].flags |= checks[i].flags;
+      (*total)[i].maxdev = std::max((*total)[i].maxdev, checks[i].maxdev);
+    }
   }
 };
 
@@ -272,50 +374,49 @@ struct FoldsProducer {
 // ---------------------------------------------------------------------------------------------
 
 struct PlaneScratch {
-  std::vector<float> mb;
+  std::vector<const float*> rows, chain;
   std::vector<double> pz, acc, t1, py;
 };
-
-constexpr int64_t kYTile = 8;
 
 template <class Producer>
 void plane_pass(Producer& prod, int64_t x, int64_t K, int64_t X, int64_t Y, int64_t Z, const BoxSpec& box,
                 PlaneScratch& sc, double* t2) {
-  const int64_t zp = padded(Z);
   const int64_t ny = box.grid[1], nz = box.grid[2];
   const int64_t pY = box.patch[1], sY = box.stride[1], pZ = box.patch[2], sZ = box.stride[2];
   const int64_t jmax = K * kYTile;
-  sc.mb.resize(jmax * zp);
+  sc.rows.resize(K);
+  sc.chain.resize(jmax);
   sc.pz.resize((Z + 1) * jmax);
   sc.acc.resize(std::max(jmax, nz));
   sc.t1.resize(K * Y * nz);
   sc.py.resize((Y + 1) * nz);
   double* acc = sc.acc.data();
+  double* pz = sc.pz.data();
   for (int64_t y0 = 0; y0 < Y; y0 += kYTile) {
     const int64_t yt = std::min(kYTile, Y - y0);
-    for (int64_t yl = 0; yl < yt; ++yl) prod.line(x, y0 + yl, sc.mb.data() + yl * K * zp, zp);
-    const int64_t J = yt * K;  // chain j = yl * K + k, row j of mb
-    double* pz = sc.pz.data();
+    prod.segment(x, y0, yt, sc.rows.data());
+    // Z prefix sums of the J = K*yt lines (chain j = k*yt + yl), interleaved for throughput
+    const int64_t J = K * yt;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t yl = 0; yl < yt; ++yl) sc.chain[k * yt + yl] = sc.rows[k] + yl * Z;
+    const float* const* ch = sc.chain.data();
     for (int64_t j = 0; j < J; ++j) {
       acc[j] = 0.0;
       pz[j] = 0.0;
     }
-    const float* mb = sc.mb.data();
     for (int64_t z = 0; z < Z; ++z) {
       double* row = pz + (z + 1) * J;
       for (int64_t j = 0; j < J; ++j) {
-        acc[j] = acc[j] + static_cast<double>(mb[j * zp + z]);
+        acc[j] = acc[j] + static_cast<double>(ch[j][z]);
         row[j] = acc[j];
       }
     }
-    for (int64_t iz = 0; iz < nz; ++iz) {
-      const double* hi = pz + (iz * sZ + pZ) * J;
-      const double* lo = pz + (iz * sZ) * J;
-      for (int64_t j = 0; j < J; ++j) {
-        const int64_t yl = j / K, k = j % K;
-        sc.t1[(k * Y + y0 + yl) * nz + iz] = hi[j] - lo[j];
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t yl = 0; yl < yt; ++yl) {
+        const int64_t j = k * yt + yl;
+        double* o = sc.t1.data() + (k * Y + y0 + yl) * nz;
+        for (int64_t iz = 0; iz < nz; ++iz) o[iz] = pz[(iz * sZ + pZ) * J + j] - pz[(iz * sZ) * J + j];
       }
-    }
   }
   double* py = sc.py.data();
   for (int64_t k = 0; k < K; ++k) {
@@ -351,10 +452,43 @@ void run_planes(MakeProducer make, int64_t K, int64_t X, int64_t Y, int64_t Z, c
     auto prod = make();
     PlaneScratch sc;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t x = x0; x < x1; ++x) plane_pass(*prod, x, K, X, Y, Z, box, sc, t2);
-    prod->finish();
+    for (int64_t x = x0; x < x1; ++x) plane_pass(prod, x, K, X, Y, Z, box, sc, t2);
+    prod.finish();
   }
 }
+
+// Runs fn(x, y0, yt, check) over all segments of an [*, X, Y, *] volume in parallel; merges checks.
+template <class MakeFn>
+CheckResult for_segments(int64_t X, int64_t Y, MakeFn make) {
+  CheckResult total;
+  const int64_t ty = (Y + kYTile - 1) / kYTile;
+#pragma omp parallel
+  {
+    CheckResult mine;
+    auto fn = make();
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t u = 0; u < X * ty; ++u) {
+      const int64_t x = u / ty, y0 = (u % ty) * kYTile;
+      fn(x, y0, std::min(kYTile, Y - y0), mine);
+    }
+#pragma omp critical(claspe_checks)
+    {
+      total.flags |= mine.flags;
+      total.maxdev = std::max(total.maxdev, mine.maxdev);
+    }
+  }
+  return total;
+}
+
+struct SegBuffers {
+  int64_t C, np;
+  std::vector<float> b, t1, t2, h;
+  std::vector<const float*> src;
+  SegBuffers(int64_t C_, int64_t Z) : C(C_), np(padded(kYTile * Z)), b(C_ * np), t1(np), t2(np), h(np), src(C_) {}
+  void load(const View4& a, int64_t x, int64_t y0, int64_t yt) {
+    for (int64_t c = 0; c < C; ++c) src[c] = seg_ptr(a, c, x, y0, yt, b.data() + c * np);
+  }
+};
 
 }  // namespace
 
@@ -370,136 +504,72 @@ BoxSpec make_box_spec(const int64_t dims[3], const int64_t patch[3], const int64
   return b;
 }
 
-namespace {
-template <class LineFn>
-CheckResult for_lines_checked(int64_t X, int64_t Y, LineFn fn) {
-  CheckResult total;
-#pragma omp parallel
-  {
-    CheckResult mine;
-    LineFn local = fn;  // thread-private scratch buffers
-    local.init();
-#pragma omp for schedule(static)
-    for (int64_t l = 0; l < X * Y; ++l) local(l / Y, l % Y, mine);
-#pragma omp critical
-    {
-      total.flags |= mine.flags;
-      total.maxdev = std::max(total.maxdev, mine.maxdev);
-    }
-  }
-  return total;
-}
-
-struct CheckLine {
-  const View4& a;
-  bool probs;
-  Thresholds th;
-  int64_t C, Z, zp;
-  std::vector<float> b, t;
-  void init() {
-    b.resize(C * zp);
-    t.resize(zp);
-  }
-  void operator()(int64_t x, int64_t y, CheckResult& r) {
-    for (int64_t c = 0; c < C; ++c) load_line(a, c, x, y, Z, b.data() + c * zp);
-    if (probs)
-      check_prob_line(b.data(), C, zp, Z, th, t.data(), r);
-    else
-      check_finite_line(b.data(), C, zp, Z, r);
-  }
-};
-}  // namespace
-
 CheckResult check_probs(const View4& p, float tol) {
-  CheckLine fn{p, true, Thresholds(tol), p.shape[0], p.shape[3], padded(p.shape[3]), {}, {}};
-  return for_lines_checked(p.shape[1], p.shape[2], fn);
+  const Thresholds th(tol);
+  return for_segments(p.shape[1], p.shape[2], [&]() {
+    return [&, buf = SegBuffers(p.shape[0], p.shape[3])](int64_t x, int64_t y0, int64_t yt,
+                                                         CheckResult& r) mutable {
+      buf.load(p, x, y0, yt);
+      check_probs_seg(buf.src.data(), buf.C, yt * p.shape[3], th, buf.t1.data(), nullptr, 0, true, r);
+    };
+  });
 }
 
 CheckResult check_finite(const View4& a) {
-  CheckLine fn{a, false, Thresholds(0.0), a.shape[0], a.shape[3], padded(a.shape[3]), {}, {}};
-  return for_lines_checked(a.shape[1], a.shape[2], fn);
+  return for_segments(a.shape[1], a.shape[2], [&]() {
+    return [&, buf = SegBuffers(a.shape[0], a.shape[3])](int64_t x, int64_t y0, int64_t yt,
+                                                         CheckResult& r) mutable {
+      buf.load(a, x, y0, yt);
+      check_finite_seg(buf.src.data(), buf.C, yt * a.shape[3], r);
+    };
+  });
 }
 
 CheckResult fold_add(const View4& fold, bool logits, float tol, float* sum, float* entsum, bool first) {
   CheckResult r = logits ? check_finite(fold) : check_probs(fold, tol);
-  if (r.flags) return r;
+  if (r.flags) return r;  // nothing written
   const int64_t C = fold.shape[0], X = fold.shape[1], Y = fold.shape[2], Z = fold.shape[3];
-  const int64_t zp = padded(Z);
-#pragma omp parallel
-  {
-    std::vector<float> b(C * zp), t1(zp), t2(zp), h(zp);
-#pragma omp for schedule(static)
-    for (int64_t l = 0; l < X * Y; ++l) {
-      const int64_t x = l / Y, y = l % Y;
-      for (int64_t c = 0; c < C; ++c) load_line(fold, c, x, y, Z, b.data() + c * zp);
-      if (logits) softmax_line(b.data(), C, zp, Z, t1.data(), t2.data());
-      for (int64_t c = 0; c < C; ++c) add_line(sum + ((c * X + x) * Y + y) * Z, b.data() + c * zp, Z, first);
-      if (entsum) {
-        entropy_line(b.data(), C, zp, Z, h.data());
-        add_line(entsum + (x * Y + y) * Z, h.data(), Z, first);
+  for_segments(X, Y, [&]() {
+    return [&, buf = SegBuffers(C, Z)](int64_t x, int64_t y0, int64_t yt, CheckResult&) mutable {
+      const int64_t n = yt * Z;
+      buf.load(fold, x, y0, yt);
+      if (logits) {
+        softmax_seg(buf.src.data(), C, n, buf.b.data(), buf.np, buf.t1.data(), buf.t2.data());
+        for (int64_t c = 0; c < C; ++c) buf.src[c] = buf.b.data() + c * buf.np;
       }
-    }
-  }
+      for (int64_t c = 0; c < C; ++c) add_row(sum + ((c * X + x) * Y + y0) * Z, buf.src[c], n, first);
+      if (entsum) {
+        entropy_seg(buf.src.data(), C, n, buf.h.data());
+        add_row(entsum + (x * Y + y0) * Z, buf.h.data(), n, first);
+      }
+    };
+  });
   return r;
 }
 
 void acc_maps(const View4& sum, const View4* entsum, float n, const ScoreSpec& spec, float* out) {
   const int64_t X = sum.shape[1], Y = sum.shape[2], Z = sum.shape[3];
   const int64_t K = spec.n_maps();
-#pragma omp parallel
-  {
-    AccProducer prod(sum, entsum, n, spec);
-#pragma omp for schedule(static)
-    for (int64_t l = 0; l < X * Y; ++l) {
-      const int64_t x = l / Y, y = l % Y;
-      prod.line(x, y, out + (x * Y + y) * Z, X * Y * Z);
-    }
-  }
+  for_segments(X, Y, [&]() {
+    return [&, prod = AccProducer(sum, entsum, n, spec),
+            rows = std::vector<const float*>(K)](int64_t x, int64_t y0, int64_t yt, CheckResult&) mutable {
+      prod.segment(x, y0, yt, rows.data());
+      for (int64_t k = 0; k < K; ++k)
+        memcpy(out + ((k * X + x) * Y + y0) * Z, rows[k], static_cast<size_t>(yt * Z) * 4);
+    };
+  });
 }
-
-namespace {
-template <class P>
-struct Owned {
-  P p;
-  template <class... A>
-  explicit Owned(A&&... a) : p(std::forward<A>(a)...) {}
-  P& operator*() { return p; }
-  P* operator->() { return &p; }
-};
-struct MapsProd : MapsProducer {
-  void finish() {}
-};
-struct AccProd : AccProducer {
-  using AccProducer::AccProducer;
-  void finish() {}
-};
-}  // namespace
 
 void box_planes_maps(const View4& maps, const BoxSpec& box, int64_t x0, int64_t x1, double* t2) {
   const int64_t K = maps.shape[0], X = maps.shape[1], Y = maps.shape[2], Z = maps.shape[3];
-  run_planes([&]() { return Owned<MapsProd>(MapsProd{{maps, K, Z}}); }, K, X, Y, Z, box, x0, x1, t2);
+  run_planes([&]() { return MapsProducer(maps); }, K, X, Y, Z, box, x0, x1, t2);
 }
 
 void box_planes_acc(const View4& sum, const View4* entsum, float n, const ScoreSpec& spec, const BoxSpec& box,
                     int64_t x0, int64_t x1, double* t2) {
   const int64_t X = sum.shape[1], Y = sum.shape[2], Z = sum.shape[3];
-  run_planes([&]() { return Owned<AccProd>(sum, entsum, n, spec); }, spec.n_maps(), X, Y, Z, box, x0, x1, t2);
+  run_planes([&]() { return AccProducer(sum, entsum, n, spec); }, spec.n_maps(), X, Y, Z, box, x0, x1, t2);
 }
-
-namespace {
-struct FoldsProd : FoldsProducer {
-  std::vector<CheckResult>* total;
-  FoldsProd(const std::vector<View4>& f, bool l, double tol, const ScoreSpec& s, std::vector<CheckResult>* t)
-      : FoldsProducer(f, l, tol, s), total(t) {}
-  void finish() {
-#pragma omp critical(claspe_fold_checks)
-    for (size_t i = 0; i < checks.size(); ++i) {
-      (*total)[i].flags |= checks[i].flags;
-      (*total)[i].maxdev = std::max((*total)[i].maxdev, checks[i].maxdev);
-    }
-  }
-};
-}  // namespace
 
 std::vector<CheckResult> box_planes_folds(const std::vector<View4>& folds, bool logits, float tol,
                                           const ScoreSpec& spec, const BoxSpec& box, int64_t x0, int64_t x1,
@@ -507,7 +577,7 @@ std::vector<CheckResult> box_planes_folds(const std::vector<View4>& folds, bool 
   std::vector<CheckResult> total(folds.size());
   const View4& f0 = folds[0];
   const int64_t X = f0.shape[1], Y = f0.shape[2], Z = f0.shape[3];
-  run_planes([&]() { return Owned<FoldsProd>(folds, logits, tol, spec, &total); }, spec.n_maps(), X, Y, Z, box, x0,
+  run_planes([&]() { return FoldsProducer(folds, logits, tol, spec, &total); }, spec.n_maps(), X, Y, Z, box, x0,
              x1, t2);
   return total;
 }
