@@ -20,22 +20,47 @@ Public API::
   schedules :func:`exponential_schedule`, :func:`sigmoid_schedule`.
 """
 
-from claspe.strategies._io import image_key
-from claspe.strategies.parts import (
-    BoxMean,
-    NoiseSchedule,
-    Randomness,
-    Scorer,
-    Selector,
-    Stratifier,
-    exponential_schedule,
-    sigmoid_schedule,
-)
-from claspe.strategies.presets import ALIASES, PRESETS, get_strategy, list_strategies, resolve
-from claspe.strategies.random_baselines import RandomStrategy, starting_budget
-from claspe.strategies.uncertainty import Candidates, UncertaintyStrategy
+from __future__ import annotations
 
-Strategy = UncertaintyStrategy | RandomStrategy
+import importlib
+
+# name -> submodule; loaded on first access (PEP 562) so that `claspe --help`, which imports
+# claspe.strategies.cli, does not pay for numpy/scipy/the engine
+_LAZY = {
+    "image_key": "_io",
+    "BoxMean": "parts",
+    "NoiseSchedule": "parts",
+    "Randomness": "parts",
+    "Scorer": "parts",
+    "Selector": "parts",
+    "Stratifier": "parts",
+    "exponential_schedule": "parts",
+    "sigmoid_schedule": "parts",
+    "ALIASES": "presets",
+    "PRESETS": "presets",
+    "get_strategy": "presets",
+    "list_strategies": "presets",
+    "resolve": "presets",
+    "RandomStrategy": "random_baselines",
+    "starting_budget": "random_baselines",
+    "Candidates": "uncertainty",
+    "UncertaintyStrategy": "uncertainty",
+}
+
+
+def __getattr__(name: str):
+    if name == "Strategy":
+        return __getattr__("UncertaintyStrategy") | __getattr__("RandomStrategy")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"claspe.strategies.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'claspe.strategies' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY, "Strategy"])
+
 
 __all__ = [
     "ALIASES",

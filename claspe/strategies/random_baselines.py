@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from claspe.strategies import _io
 from claspe.strategies.common import check_common, check_int, overlaps, triple
@@ -44,7 +43,6 @@ AREAS_FG66 = ("all", "seg", "border")
 AREAS_FG33 = ("all", "all", "all", "all", "seg", "border")
 TRIES_QUERY = 600
 TRIES_STARTING_BUDGET = 6000
-_BALL1 = ndimage.generate_binary_structure(3, 1)
 
 
 def uniform_start(gen: np.random.Generator, shape, patch) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -72,7 +70,10 @@ def centred_start(centre, shape, patch) -> tuple[tuple[int, ...], tuple[int, ...
 
 def class_border(mask: np.ndarray) -> np.ndarray:
     """mask minus its binary erosion with the radius-1 ball (6-neighbourhood)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=_BALL1, border_value=0)
+    from scipy import ndimage
+
+    ball1 = ndimage.generate_binary_structure(3, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=ball1, border_value=0)
 
 
 def _free(start, size, taken) -> bool:
