@@ -155,3 +155,26 @@ def test_write_json_and_copy_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         copy_file(tmp_path / "nope.json", tmp_path / "e.json")
     assert not any(q.name == dio.TMP_DIR_NAME for q in tmp_path.rglob("*"))
+
+
+def test_fast_and_full_completeness_checks(tmp_path):
+    rng = np.random.default_rng(1)
+    p = write_image(tmp_path / "a.nii.gz", rng.random((16, 32, 32)).astype(np.float32))
+    check_complete(p)
+    check_complete(p, full=True)
+    raw = bytearray(p.read_bytes())
+    # cut by a few bytes: the gzip trailer no longer matches the header's size -> full check -> error
+    (tmp_path / "cut.nii.gz").write_bytes(bytes(raw[:-7]))
+    with pytest.raises(ValueError, match=r"cut\.nii\.gz is corrupt or truncated"):
+        check_complete(tmp_path / "cut.nii.gz")
+    # a flipped byte in the middle of the compressed stream: only the full check (CRC/inflate) sees it
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "flip.nii.gz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"flip\.nii\.gz is corrupt or truncated"):
+        check_complete(tmp_path / "flip.nii.gz", full=True)
+    with pytest.raises(ValueError, match=r"flip\.nii\.gz"):
+        read_image(tmp_path / "flip.nii.gz", check="full")
+    # tiny files: no room for a trailer
+    (tmp_path / "tiny.nii.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(ValueError, match=r"tiny\.nii\.gz"):
+        read_image(tmp_path / "tiny.nii.gz")

@@ -323,14 +323,14 @@ def _check_case(info: DatasetInfo, case: str, *, deep: bool, allowed: frozenset[
         return problems
     for p in info.image_paths[case]:
         try:
-            arr = read_image(p).array
+            arr = read_image(p, check="full").array
         except (ValueError, FileNotFoundError) as exc:
             problems.append(str(exc))
             continue
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             problems.append(f"{p} contains NaN or infinite values ({int((~np.isfinite(arr)).sum())} voxels)")
     try:
-        lab = read_image(lab_p).array
+        lab = read_image(lab_p, check="full").array
     except (ValueError, FileNotFoundError) as exc:
         problems.append(str(exc))
         return problems

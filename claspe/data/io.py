@@ -36,6 +36,7 @@ import os
 import shutil
 import struct
 import uuid
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -155,18 +156,32 @@ def _nifti_expected_bytes(header: bytes, path: Path) -> int | None:
     return None
 
 
-def check_complete(path: str | os.PathLike) -> None:
-    """Raises ValueError naming ``path`` when the file is truncated.
+def check_complete(path: str | os.PathLike, *, full: bool = False) -> None:
+    """Raises ValueError naming ``path`` when the file is truncated or its gzip stream is corrupt.
 
-    For gzip files the whole stream is decompressed (a truncated stream or a bad CRC is an error);
-    for NIfTI files (plain or gzip) the data must be at least ``vox_offset + n_voxels * bitpix / 8``
-    bytes long. Other formats are left to SimpleITK, which reports their truncation itself.
+    NIfTI files (plain or gzip) must hold ``vox_offset + n_voxels * bitpix / 8`` bytes. For ``.nii.gz``
+    the fast check (default) compares that number with the gzip trailer's ISIZE field (uncompressed size
+    mod 2**32; a truncated file ends in compressed data, which matches by chance with probability 2**-32)
+    and only decompresses the whole stream when they differ. ``full=True`` always decompresses the whole
+    stream, which also verifies the CRC (what ``validate(deep=True)`` uses). Other formats are left to
+    SimpleITK, which reports their truncation itself; other gzip files are always checked in full.
     """
     p = _existing(path)
     name = p.name.lower()
     is_gz = name.endswith(".gz")
     is_nifti = name.endswith(".nii") or name.endswith(".nii.gz")
     try:
+        if is_gz and is_nifti and not full:
+            with gzip.open(p, "rb") as fh:
+                head = fh.read(540)
+            with open(p, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                (isize,) = struct.unpack("<I", fh.read(4))
+            expected = _nifti_expected_bytes(head, p)
+            if expected is None:
+                raise ValueError(f"{p} is not a NIfTI file (no NIfTI-1/2 header)")
+            if isize == expected % (1 << 32):
+                return
         if is_gz:
             total = 0
             head = b""
@@ -182,7 +197,7 @@ def check_complete(path: str | os.PathLike) -> None:
             total = p.stat().st_size
             with open(p, "rb") as fh:
                 head = fh.read(540)
-    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(f"{p} is corrupt or truncated (gzip stream: {exc})") from exc
     if is_nifti:
         expected = _nifti_expected_bytes(head, p)
@@ -192,19 +207,21 @@ def check_complete(path: str | os.PathLike) -> None:
             raise ValueError(f"{p} is truncated: {total} bytes of image data, the header needs {expected}")
 
 
-def read_image(path: str | os.PathLike, *, dtype: Any = None, check: bool = True) -> ImageData:
+def read_image(path: str | os.PathLike, *, dtype: Any = None, check: bool | str = True) -> ImageData:
     """Reads an image file (any format SimpleITK reads; NIfTI for nnU-Net datasets).
 
     Returns :class:`ImageData` ``(array, spacing, origin, direction)`` in the module's axis convention
     (array order ``(z, y, x)`` for 3D; a 4D NIfTI gives ``(t, z, y, x)``; vector images give the
     components last). ``dtype`` casts the array (e.g. ``np.float32``); ``check`` verifies that the file
-    is complete (:func:`check_complete`) before reading, because ITK silently zero-fills truncated files.
+    is complete before reading, because ITK silently zero-fills truncated files: True = the fast check
+    of :func:`check_complete` (header + gzip trailer, O(1)), ``"full"`` = decompress and verify the CRC,
+    False = none.
 
     Raises FileNotFoundError for a missing file and ValueError naming the path for a corrupt one.
     """
     p = _existing(path)
     if check:
-        check_complete(p)
+        check_complete(p, full=check == "full")
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
