@@ -181,9 +181,10 @@ def rank_plot(ranks: dict, path: Path) -> Path | None:
         ax.set_xlabel("mean rank (1 = best)", fontsize=8)
         n_m = v["mean"].shape[0]
         ax.set_xlim(0.5, n_m + 0.5)
+        ax.set_xticks(range(1, n_m + 1))
+        ax.set_ylim(len(all_methods) - 0.5, -0.5)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(all_methods)), all_methods, fontsize=8)
-    axes[0][0].invert_yaxis()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
