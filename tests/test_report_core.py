@@ -127,6 +127,13 @@ def test_ppm_and_fg_eff_tables_equal_metrics_functions(report_dir):
     assert plain.loc["ClaSP PE", "Random 66% FG"] > 50  # the fixture's strongest method wins most steps
     assert plain.loc["Random 66% FG", "ClaSP PE"] == 0
     assert plain.loc["Mean"].tolist() == pytest.approx(plain.drop(index="Mean").sum(axis=0) / 2)
+    # ranks per setting and their means follow from the seed-mean AUBC of the summary
+    per = pd.read_csv(out / "ranks_per_setting_AUBC.csv", index_col=0)
+    for sid, row in per.iterrows():
+        s = summ[summ.setting == sid].set_index("method")["AUBC"]
+        assert row.to_dict() == {m: float(1 + (s > s[m]).sum()) for m in s.index}
+    mr = pd.read_csv(out / "ranks_AUBC.csv").set_index("method")["mean_rank"]
+    assert mr.to_dict() == pytest.approx(per.mean(axis=0).to_dict())
 
 
 def test_partial_results_are_reported(report_dir):

@@ -9,7 +9,8 @@ Output folder (default ``<EXPERIMENTS_DIR>/report``)::
     summary.csv          per setting and method: seeds, AUBC ± std, Final Dice ± std (×100), FG-Eff γ, SE, c
     ppm_tests.csv        every paired t-test (setting, pair, budget step, p, Holm p, significant?)
     ppm_<none|holm>.csv  PPM summed over settings, % of settings, with the "Mean" row
-    ranks_<metric>.csv   mean rank ± std per method; friedman.csv; nemenyi_<metric>.csv
+    ranks_<metric>.csv   mean rank ± std per method; ranks_per_setting_<metric>.csv (1 = best, ties -> min)
+    friedman.csv, nemenyi_<metric>.csv   Friedman χ² across settings, Nemenyi post-hoc p-values
     mean_table.csv       mean over settings, SE, 95% half-width (×100)
     loso.csv             leave-one-seed-out ranks (AUBC)
     report.md            all tables in Markdown
@@ -118,6 +119,7 @@ def write_report(exp_root, out_dir=None, *, alpha: float = 0.05, full_data: dict
     for metric, r in an.ranks.items():
         if r.get("mean") is not None:
             r["mean"].to_csv(out / f"ranks_{metric}.csv", index=False)
+            r["table"].to_csv(out / f"ranks_per_setting_{metric}.csv")
         fr = r.get("friedman")
         if fr is not None:
             fr.nemenyi.to_csv(out / f"nemenyi_{metric}.csv")
