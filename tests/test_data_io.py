@@ -178,3 +178,60 @@ def test_fast_and_full_completeness_checks(tmp_path):
     (tmp_path / "tiny.nii.gz").write_bytes(b"\x1f\x8b")
     with pytest.raises(ValueError, match=r"tiny\.nii\.gz"):
         read_image(tmp_path / "tiny.nii.gz")
+
+
+def test_build_dir_atomically(tmp_path):
+    from claspe.data.io import build_dir_atomically
+
+    target = tmp_path / "Dataset001_X"
+
+    def build(tmp, value="a"):
+        tmp.mkdir()
+        (tmp / "v.txt").write_text(value)
+
+    def is_a(p):
+        return (p / "v.txt").read_text() == "a"
+
+    # a failing build leaves nothing behind
+    def failing(tmp):
+        build(tmp)
+        raise RuntimeError("crash while building")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        build_dir_atomically(target, failing)
+    assert list(tmp_path.iterdir()) == []
+    assert build_dir_atomically(target, build, is_same=is_a) == target
+    # same content: kept untouched, build not called
+    assert build_dir_atomically(target, lambda tmp: pytest.fail("rebuilt"), is_same=is_a) == target
+    # other content: refused unless overwrite
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        build_dir_atomically(target, lambda tmp: build(tmp, "b"))
+    build_dir_atomically(target, lambda tmp: build(tmp, "b"), overwrite=True)
+    assert (target / "v.txt").read_text() == "b"
+
+    # a concurrent builder that finishes first wins; our copy is discarded
+    def racing(tmp):
+        build(tmp)
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "v.txt").write_text("a")
+        import shutil
+
+        shutil.rmtree(target)
+        (tmp_path / "other").rename(target)
+
+    assert build_dir_atomically(target, racing, overwrite=True, is_same=is_a) == target
+    assert (target / "v.txt").read_text() == "a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_X"]
+
+
+def test_parallel_generators_on_one_folder(tmp_path):
+    """Grid runs may create the same synthetic dataset at the same time: all succeed, one folder results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from claspe.data import load_dataset, make_synthetic_dataset
+
+    with ThreadPoolExecutor(4) as ex:
+        paths = list(ex.map(lambda _: make_synthetic_dataset(tmp_path, n_cases=3, seed=2, shape=(8, 16, 16)), range(4)))
+    assert len(set(paths)) == 1
+    assert load_dataset(paths[0], check="deep").num_cases == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset990_ClaspSynthetic"]

@@ -26,15 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from claspe.data.io import write_image, write_json
+from claspe.data.io import build_dir_atomically, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -182,29 +180,20 @@ def make_colin27_dataset(
         "elastic_mm": float(elastic_mm), "max_shift_mm": float(max_shift_mm), "noise_sigma": float(noise_sigma),
         "generator_version": GENERATOR_VERSION,
     }
-    out_dir = Path(out_dir)
-    target = out_dir / dataset_name
-    if target.exists():
+    target = Path(out_dir) / dataset_name
+
+    def is_same(path: Path) -> bool:
         try:
-            existing = read_dataset_json(target / "dataset.json").get("claspe_colin27")
+            return read_dataset_json(path / "dataset.json").get("claspe_colin27") == params
         except (FileNotFoundError, ValueError):
-            existing = None
-        if existing == params:
-            log.info("Colin27 dataset %s exists with the same settings; reusing it", target)
-            return target
-        if not overwrite:
-            raise FileExistsError(f"{target} exists and was not made with these settings; pass overwrite=True")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{dataset_name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _build(tmp, tdir, params, dataset_name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            return False
+
+    if is_same(target):
+        log.info("Colin27 dataset %s exists with the same settings; reusing it", target)
+        return target
+    return build_dir_atomically(
+        target, lambda tmp: _build(tmp, tdir, params, dataset_name), overwrite=overwrite, is_same=is_same
+    )
 
 
 def _build(root: Path, tdir: Path, p: dict, dataset_name: str) -> None:

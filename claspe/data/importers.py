@@ -26,8 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import SimpleITK as sitk
 from claspe.data.dataset import load_dataset
 from claspe.data.io import (
     SUPPORTED_ENDINGS,
+    build_dir_atomically,
     check_complete,
     copy_file,
     read_header,
@@ -64,19 +63,7 @@ def _dataset_id(dataset_id: int) -> int:
 
 
 def _build_atomically(target: Path, overwrite: bool, build: Callable[[Path], None]) -> Path:
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_dir_atomically(target, build, overwrite=overwrite)
 
 
 def _ending(p: Path) -> str:

@@ -37,7 +37,7 @@ import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -346,3 +346,56 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     d = Path(dst)
     _atomic_write(d, lambda tmp: shutil.copyfile(s, tmp))
     return d
+
+
+def build_dir_atomically(
+    target: str | os.PathLike,
+    build: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+    is_same: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Builds a folder by ``build(tmp)`` in a hidden sibling ``.<name>.tmp-*`` and renames it to ``target``.
+
+    ``is_same(path)`` tells whether an existing folder already is the wanted result: such a ``target`` is
+    returned untouched, before building and also after (when a concurrent builder finished first, its
+    folder is kept and ours discarded, so parallel runs of the same generator are safe). Any other
+    existing ``target`` raises FileExistsError unless ``overwrite``. The temporary folder is removed on
+    any error, so an interrupted build never leaves a half-written ``target``.
+    """
+    target = Path(target)
+
+    def same() -> bool:
+        return is_same is not None and target.exists() and bool(is_same(target))
+
+    def refuse() -> FileExistsError:
+        return FileExistsError(f"{target} exists and is not what was asked for; pass overwrite=True to replace it")
+
+    if target.exists():
+        if same():
+            return target
+        if not overwrite:
+            raise refuse()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.tmp-{tag}"
+    try:
+        build(tmp)
+        if target.exists():
+            if same():
+                return target
+            if not overwrite:
+                raise refuse()
+            old = target.parent / f".{target.name}.old-{tag}"
+            os.rename(target, old)  # keeps the window without a target short
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if same():
+                return target
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

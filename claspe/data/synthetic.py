@@ -32,14 +32,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from claspe.data.io import write_image, write_json
+from claspe.data.io import build_dir_atomically, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -234,30 +232,18 @@ def make_synthetic_dataset(
         lesion_absent_fraction=float(lesion_absent_fraction), shape_jitter=float(shape_jitter),
         noise_sigma=float(noise_sigma),
     )
-    out_dir = Path(out_dir)
-    target = out_dir / dataset_name
-    if target.exists():
+    target = Path(out_dir) / dataset_name
+
+    def is_same(path: Path) -> bool:
         try:
-            existing = read_dataset_json(target / "dataset.json").get("claspe_synthetic")
+            return read_dataset_json(path / "dataset.json").get("claspe_synthetic") == params
         except (FileNotFoundError, ValueError):
-            existing = None
-        if existing == params:
-            log.info("synthetic dataset %s exists with the same settings; reusing it", target)
-            return target
-        if not overwrite:
-            raise FileExistsError(
-                f"{target} exists and was not made with these settings; pass overwrite=True to replace it"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{dataset_name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _build(tmp, params, dataset_name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+
+    if is_same(target):
+        log.info("synthetic dataset %s exists with the same settings; reusing it", target)
+        return target
+    build_dir_atomically(target, lambda tmp: _build(tmp, params, dataset_name), overwrite=overwrite, is_same=is_same)
     log.info("wrote synthetic dataset %s (%d cases)", target, n_cases)
     return target
 
