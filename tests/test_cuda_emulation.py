@@ -1,0 +1,259 @@
+"""The CUDA kernels' code against the NumPy reference, without a GPU.
+
+The kernels in csrc/cuda are written as per-element ``__host__ __device__`` bodies; the module exposes
+``cuda_emulate_*`` entry points that run exactly those bodies sequentially on host memory.  This checks
+the CUDA code's indexing (strides, padding, channel offsets), the lead/lag prefix sums of the box mean,
+the noise counter layout, the rank keys and the chunked greedy walk, bit for bit against
+``claspe.reference``.  What it cannot check (launch configuration, device memory, CUB's sort, streams)
+is covered by tests/test_cuda_gpu.py (marked ``gpu``).
+
+Also here: the pure-Python side of claspe/_cuda.py (array-interface parsing, routing errors), with
+stand-in objects that expose host memory through ``__cuda_array_interface__``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from claspe import _cuda, _ext, ops
+from claspe import reference as R
+
+pytestmark = pytest.mark.skipif(not _ext.HAS_CUDA, reason="claspe._C built without its CUDA part (no nvcc)")
+C_ = _ext._C
+
+
+def _probs(rng, shape, dtype=np.float32):
+    return R.softmax((rng.normal(size=shape) * 3).astype(np.float32)).astype(dtype)
+
+
+KINDS = [("pe", []), ("class_pe", [1, 3]), ("class_pe", [0]), ("bald", []), ("expected_entropy", [])]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("logits", [False, True])
+def test_accumulate_and_maps_bitwise(dtype, logits):
+    rng = np.random.default_rng(1)
+    shape = (4, 9, 7, 11)
+    ref = R.FoldAccumulator(track_fold_entropy=True)
+    s = np.zeros(shape, np.float32)
+    e = np.zeros(shape[1:], np.float32)
+    for f in range(3):
+        x = (rng.normal(size=shape) * 4).astype(dtype) if logits else _probs(rng, shape, dtype)
+        if f == 1:
+            x = np.asfortranarray(x)  # strided input
+        if f == 2:
+            x = np.ascontiguousarray(x[:, :, ::-1])  # a fresh contiguous fold
+        ref.add(x, logits=logits)
+        C_.cuda_emulate_accumulate(x, s, e, logits)
+    assert np.array_equal(s, ref.sum)
+    assert np.array_equal(e, ref.entropy_sum)
+    mean, mfe = ref.mean(), ref.mean_fold_entropy()
+    for score, cls in KINDS:
+        want = R.score_maps(mean, score, cls, mfe)
+        got = C_.cuda_emulate_score_maps(s, np.float32(3), ops.SCORES.index(score), cls, e, np.float32(3))
+        assert np.array_equal(got, want), score
+        # public score_maps path: mean given directly (divisor 1), mean fold entropy as given
+        got1 = C_.cuda_emulate_score_maps(mean, np.float32(1), ops.SCORES.index(score), cls, mfe, np.float32(1))
+        assert np.array_equal(got1, want), score
+
+
+def test_accumulate_without_entropy_and_one_class():
+    rng = np.random.default_rng(2)
+    x = np.ones((1, 3, 4, 5), np.float32)
+    s = np.zeros_like(x)
+    C_.cuda_emulate_accumulate(x, s, None, False)
+    assert np.array_equal(s, x)
+    lg = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)  # softmax of one class is exactly 1
+    C_.cuda_emulate_accumulate(lg, s, None, True)
+    assert np.array_equal(s, 2 * x)
+
+
+BOX_CASES = [
+    ((4, 3, 5), (1, 1, 1)),
+    ((5, 20, 4), (2, 3, 4)),  # patch larger than the volume on y
+    ((13, 10, 17), (8, 8, 8)),  # patch = volume
+    ((6, 6, 6), (5, 1, 3)),  # stride not dividing the extent
+    ((1, 1, 1), (3, 2, 5)),
+]
+
+
+@pytest.mark.parametrize("patch, stride", BOX_CASES)
+def test_box_mean_bitwise(patch, stride):
+    rng = np.random.default_rng(3)
+    maps = rng.random((3, 13, 10, 17)).astype(np.float32)
+    for a in (maps, maps.astype(np.float16), maps[:, ::-1, :, ::2], np.asfortranarray(maps)):
+        assert np.array_equal(C_.cuda_emulate_box_mean(a, patch, stride), R.box_mean(a, patch, stride))
+    three_d = maps[1]
+    assert np.array_equal(C_.cuda_emulate_box_mean(three_d, patch, stride)[0], R.box_mean(three_d[None], patch, stride)[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dims=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
+    patch=st.tuples(st.integers(1, 10), st.integers(1, 10), st.integers(1, 10)),
+    stride=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+    seed=st.integers(0, 2**16),
+)
+def test_box_mean_random(dims, patch, stride, seed):
+    a = np.random.default_rng(seed).random((2,) + dims).astype(np.float32)
+    assert np.array_equal(C_.cuda_emulate_box_mean(a, patch, stride), R.box_mean(a, patch, stride))
+
+
+@pytest.mark.parametrize("key", [-1, 0, 7])
+@pytest.mark.parametrize("shape", [(5,), (4, 6), (2, 5, 6, 7)])
+def test_power_noise_bitwise(key, shape):
+    rng = np.random.default_rng(4)
+    sc = rng.random(shape).astype(np.float32)
+    sc.reshape(-1)[:3] = 0  # log 0 = -inf
+    seed = 2**40 + 12345
+    want = R.power_noise(sc, 0.3162, seed=seed, loop=2, image=9, key=key)
+    got = C_.cuda_emulate_power_noise(sc, 0.3162, seed, 2, 9, key & 0xFFFFFFFF, None)
+    assert np.array_equal(got, want)
+    assert np.isneginf(got.reshape(-1)[:3]).all()
+    # strided scores give the same values at the same C-order positions
+    if len(shape) == 4:
+        nc = np.asfortranarray(sc)
+        assert np.array_equal(C_.cuda_emulate_power_noise(nc, 0.3162, seed, 2, 9, key & 0xFFFFFFFF, None), want)
+
+
+@pytest.mark.parametrize("ndtype", [np.float64, np.float32])
+def test_log_plus_given_noise_bitwise(ndtype):
+    rng = np.random.default_rng(5)
+    sc = rng.random((3, 4, 5)).astype(np.float32)
+    noise = rng.gumbel(0, 2.0, sc.shape).astype(ndtype)
+    assert np.array_equal(C_.cuda_emulate_power_noise(sc, 1.0, 0, 0, 0, 0, noise), R.power_noise(sc, noise=noise))
+
+
+def _ref_select(sc, vol, patch, stride, quotas, blocked):
+    return R.select_patches(sc, patch=patch, stride=stride, volume_shape=vol, quotas=quotas, blocked=blocked)
+
+
+def _emu_select(sc, vol, patch, stride, quotas, blocked, first_chunk=0):
+    boxes = [tuple(b[0]) + tuple(b[1]) for b in blocked]
+    return C_.cuda_emulate_select(sc, vol, patch, stride, quotas, boxes, first_chunk)
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for (s1, v1), (s2, v2) in zip(a, b):
+        assert np.array_equal(s1, s2) and s2.dtype == np.int64 and s2.shape[1:] == (3,)
+        assert np.array_equal(v1, v2) and v2.dtype == np.float32
+
+
+@pytest.mark.parametrize("first_chunk", [0, 1, 7])  # 0: default chunk; 1 and 7 force refetching more keys
+def test_select_bitwise(first_chunk):
+    rng = np.random.default_rng(6)
+    vol, patch, stride = (20, 17, 15), (6, 5, 4), (2, 3, 1)
+    grid = R.grid_shape(vol, patch, stride)
+    sc = rng.random((3,) + grid).astype(np.float32)
+    sc[1, :2] = 0.5  # ties: lower flat index first
+    sc[2, 0] = -np.inf  # ranked last, still taken when candidates run out
+    sc[0, 0, 0, 0] = -0.0
+    blocked = [((0, 0, 0), (5, 5, 5)), ((-3, 10, 2), (6, 20, 3))]
+    quotas = [3, 5, 400]  # the last key runs out of candidates
+    got = _emu_select(sc, vol, patch, stride, quotas, blocked, first_chunk)
+    _same(got, _ref_select(sc, vol, patch, stride, quotas, blocked))
+    assert len(got[2][1]) < 400
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dims=st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12)),
+    patch=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    quotas=st.lists(st.integers(0, 6), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+    first_chunk=st.sampled_from([0, 1, 3]),
+)
+def test_select_random(dims, patch, stride, quotas, seed, first_chunk):
+    rng = np.random.default_rng(seed)
+    grid = R.grid_shape(dims, patch, stride)
+    sc = np.round(rng.random((len(quotas),) + grid), 1).astype(np.float32)  # many ties
+    blocked = [((int(rng.integers(-3, dims[0])), 0, int(rng.integers(0, dims[2]))), (2, 3, 2))]
+    _same(_emu_select(sc, dims, patch, stride, quotas, blocked, first_chunk),
+          _ref_select(sc, dims, patch, stride, quotas, blocked))
+
+
+def test_select_rejects_nan_and_posinf():
+    sc = np.zeros((1, 4, 4, 4), np.float32)
+    for bad in (np.nan, np.inf):
+        sc[0, 1, 1, 1] = bad
+        with pytest.raises(ValueError, match="NaN or \\+Inf"):
+            _emu_select(sc, (4, 4, 4), (1, 1, 1), (1, 1, 1), [2], [])
+
+
+def test_select_everything_blocked_returns_nothing():
+    sc = np.ones((2, 3, 3, 3), np.float32)
+    got = _emu_select(sc, (3, 3, 3), (1, 1, 1), (1, 1, 1), [4, 4], [((0, 0, 0), (3, 3, 3))])
+    assert [len(v) for _, v in got] == [0, 0]
+
+
+# ---- claspe/_cuda.py, pure Python -------------------------------------------------------------
+
+
+class HostAsGPU:
+    """Host memory dressed up as a GPU array (only for the routing and parsing checks)."""
+
+    def __init__(self, a: np.ndarray, typestr: str | None = None):
+        self.a = a
+        self.typestr = typestr or a.dtype.str
+
+    @property
+    def __cuda_array_interface__(self):
+        a = self.a
+        return {"shape": a.shape, "typestr": self.typestr, "data": (a.ctypes.data, False),
+                "strides": None if a.flags.c_contiguous else a.strides, "version": 3, "stream": 1}
+
+
+def test_parse_interface_strides_and_dtypes():
+    a = np.zeros((2, 3, 4), np.float16)[:, ::-1, ::2]
+    ptr, dtype, code, shape, strides, contig, stream = _cuda.parse_interface(HostAsGPU(a).__cuda_array_interface__, "x")
+    assert dtype == np.float16 and code == 1 and shape == (2, 3, 2)
+    assert strides == tuple(s // 2 for s in a.strides) and not contig and stream == 1
+    b = np.zeros((2, 3), np.float32)
+    assert _cuda.parse_interface(HostAsGPU(b).__cuda_array_interface__, "x")[5] is True
+    with pytest.raises(ValueError, match="must be float32 or float16, got GPU dtype '<i4'"):
+        _cuda.parse_interface(HostAsGPU(np.zeros(3, np.int32)).__cuda_array_interface__, "x")
+    assert _cuda.is_c_contiguous((1, 3), (99, 1)) and not _cuda.is_c_contiguous((2, 3), (1, 2))
+
+
+def test_is_gpu_array():
+    assert _cuda.is_gpu_array(HostAsGPU(np.zeros(3, np.float32)))
+    assert not _cuda.is_gpu_array(np.zeros(3, np.float32))  # numpy's DLPack device is the CPU
+    assert not _cuda.is_gpu_array(None) and not _cuda.is_gpu_array([1.0])
+
+    class DL:
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    assert _cuda.is_gpu_array(DL())
+
+
+def test_routing_errors_name_the_problem():
+    g = HostAsGPU(np.ones((4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="inputs mix CPU and GPU arrays"):
+        ops.power_noise(g, noise=np.zeros((4, 4, 4)))
+    with pytest.raises(ValueError, match="backend 'cpu' cannot take GPU arrays"):
+        ops.box_mean(g, 2, backend="cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.box_mean(g, 2, backend="gpu")
+    acc = ops.FoldAccumulator()
+    with pytest.raises(ValueError, match="not CUDA device memory"):
+        acc.add(HostAsGPU(_probs(np.random.default_rng(0), (2, 3, 3, 3))))
+    assert acc.n_folds == 0 and acc.backend is None
+    with pytest.raises(ValueError, match="inputs mix CPU and GPU arrays"):
+        ops.fold_box_scores([np.zeros((2, 3, 3, 3), np.float32), g], patch=2)
+
+
+def test_gpu_path_rejects_bad_dtype_and_shape_before_touching_memory():
+    with pytest.raises(ValueError, match="maps must be float32 or float16, got dtype float64"):
+        ops.box_mean(HostAsGPU(np.zeros((4, 4, 4), np.float64)), 2)
+    with pytest.raises(ValueError, match="maps must have 3 or 4 dimensions"):
+        ops.box_mean(HostAsGPU(np.zeros((4, 4), np.float32)), 2)
+    with pytest.raises(ValueError, match="fold must have 4 dimensions"):
+        ops.FoldAccumulator().add(HostAsGPU(np.zeros((4, 4, 4), np.float32)))
+    with pytest.raises(ValueError, match="is empty"):
+        ops.power_noise(HostAsGPU(np.zeros((0, 4), np.float32)), 1.0)
