@@ -301,3 +301,25 @@ def test_many_problems_are_listed_with_a_count(tmp_path):
         write_image(root / "labelsTr" / f"c{i:02d}.nii.gz", np.zeros((2, 2, 3), np.uint8), spacing=SP)
     with pytest.raises(ValueError, match=r"has 25 problem\(s\)(.|\n)*and 5 more"):
         load_dataset(root, check="headers")
+
+
+def test_wrong_file_ending_and_empty_dataset(tmp_path):
+    root = make_raw(tmp_path / "D", n=2)
+    set_json(root, file_ending=".nii")
+    with pytest.raises(ValueError, match=r"no file ends with file_ending '\.nii' .*c00_0000\.nii\.gz"):
+        load_dataset(root)
+    empty = tmp_path / "E"
+    (empty / "imagesTr").mkdir(parents=True)
+    (empty / "labelsTr").mkdir()
+    (empty / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}, "numTraining": 0, "file_ending": ".nii.gz"}))
+    with pytest.raises(ValueError, match="has no training cases"):
+        load_dataset(empty)
+
+
+def test_dataset_info_pickles(tmp_path):
+    import pickle
+
+    info = load_dataset(make_raw(tmp_path / "D", n=2))
+    again = pickle.loads(pickle.dumps(info))
+    assert again == info and again.shape("c01") == SHAPE

@@ -20,7 +20,8 @@ Checks and their errors (every message names the file or key):
   an int (or a list of ints for region-style labels), no ``background`` or ``background != 0``, duplicate
   label values, ``ignore`` not the highest value, non-consecutive label values (nnU-Net requires
   0, 1, 2, ...), an image file without the ``_XXXX`` channel suffix, a channel index beyond
-  ``channel_names`` -> ValueError.
+  ``channel_names``, image files that all have another ending than ``file_ending``, no training case
+  at all -> ValueError.
 * ``numTraining`` differing from the number of cases found in ``imagesTr`` -> ValueError (decision:
   nnU-Net's ``verify_dataset_integrity`` fails on it later with a bare AssertionError, so we fail early
   and clearly); ``strict=False`` turns it into a logged warning recorded in ``DatasetInfo.warnings``.
@@ -435,6 +436,12 @@ def load_dataset(
                     f"{img_dir / fname}: channel index {ch} but dataset.json channel_names has {n_ch} channel(s)"
                 )
             channels.setdefault(m["case"], {})[ch] = img_dir / fname
+        if not channels:
+            others = sorted(f.name for f in img_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+            if others:
+                raise ValueError(
+                    f"{img_dir}: no file ends with file_ending {fe!r} from {dj_path} (found e.g. {others[:3]})"
+                )
         for case in sorted(channels):
             paths = []
             for ch in range(n_ch):
@@ -449,6 +456,8 @@ def load_dataset(
         orphans = sorted(set(f[: -len(fe)] for f in _list_files(lab_dir, fe)) - set(image_paths))
         if orphans:
             warnings.append(f"{lab_dir}: {len(orphans)} label file(s) without image: {orphans[:5]}")
+    if not image_paths and subset == "Tr":
+        raise ValueError(f"dataset {root} has no training cases")
     missing = [str(p) for c in sorted(image_paths) for p in (*image_paths[c], label_paths[c]) if not p.is_file()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
