@@ -94,3 +94,31 @@ def slurm(session: nox.Session) -> None:
     python = os.path.join(session.bin, "python")
     session.run("bash", "tests/slurm/run.sh", python, *session.posargs, env={**ENV, "OMP_NUM_THREADS": "1"},
                 external=True)
+
+
+@nox.session(python=PYTHON)
+def tests_gpu(session: nox.Session) -> None:
+    """GPU tests (`pytest -m gpu`): CUDA engine parity with the CPU engine, streams, errors.
+
+    Needs nvcc (the build is run with CLASPE_CUDA=1, so a missing toolkit fails loudly), an NVIDIA
+    driver and a CUDA build of torch: the torch pin matches PyPI's Linux CUDA wheel; set
+    CLASPE_TORCH_INDEX (e.g. https://download.pytorch.org/whl/cu130) to take torch from another
+    index. Without a usable GPU every test is skipped with the reason.
+    """
+    session.install(*CONSTRAINTS, "setuptools==80.9.0", "wheel==0.45.1", "pybind11==3.1.0")
+    index = os.environ.get("CLASPE_TORCH_INDEX")
+    session.install(*CONSTRAINTS, *(["--index-url", index] if index else []), TORCH)
+    session.install(*CONSTRAINTS, "--no-build-isolation", "-e", ".[test]", env={"CLASPE_CUDA": "1"})
+    session.run("claspe", "info", env=ENV)
+    args = session.posargs or ["-m", "gpu", "-q", "-rs", "--timeout=1800"]
+    session.run("pytest", *args, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def bench_gpu(session: nox.Session) -> None:
+    """benchmarks/gpu.py: CUDA engine vs the PyTorch-on-GPU pipeline and the device copy bound."""
+    session.install(*CONSTRAINTS, "setuptools==80.9.0", "wheel==0.45.1", "pybind11==3.1.0")
+    index = os.environ.get("CLASPE_TORCH_INDEX")
+    session.install(*CONSTRAINTS, *(["--index-url", index] if index else []), TORCH)
+    session.install(*CONSTRAINTS, "--no-build-isolation", "-e", ".", env={"CLASPE_CUDA": "1"})
+    session.run("python", "benchmarks/gpu.py", *session.posargs, env=ENV)
