@@ -1,0 +1,238 @@
+"""The nnActive protocol end to end with real nnU-Net v2 on the CPU (tiny trainer).
+
+One synthetic dataset is prepared per module (real nnU-Net planning + resampling); then
+* a 3-loop ClaSP PE experiment (2 folds): labels, budgets, Dice per loop, resume-is-a-no-op;
+* a run killed with SIGKILL during training, during the query's prediction and during annotation,
+  resumed each time, which completes with every loop file exactly once and no finished step redone;
+* clear errors for bad loop files and too many CV folds, the plan rule, the prepared layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from claspe.data import make_synthetic_dataset, read_image
+from claspe.protocol.config import ExperimentConfig, is_finished, result_path
+from claspe.protocol.loops import loop_path, read_loop
+from claspe.protocol.oracle import box_mask
+from claspe.protocol.prepare import prepare_dataset
+
+pytestmark = pytest.mark.nnunet
+
+TINY = "nnActiveTrainer_tiny"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    raw = make_synthetic_dataset(root / "raw", n_cases=10, seed=0, shape=(20, 32, 32))
+    return prepare_dataset(raw, root / "data", progress=False)
+
+
+def _cfg(prepared, **kw):
+    base = dict(dataset=prepared.name, strategy="clasp_pe", query_size=8, patch_size=(4, 10, 10),
+                agg_stride=(1, 2, 2), n_patch_per_image=20, query_steps=3, trainer=TINY, folds=2,
+                extra={"eval_tta": False})
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def test_prepared_layout(prepared):
+    meta = json.loads((prepared / "prepare.json").read_text())
+    assert len(meta["split"]["val"]) == 3 and len(meta["split"]["train"]) == 7
+    for sub in ("imagesTr", "labelsTr", "imagesVal", "labelsVal", "imagesTr_original", "labelsVal_original"):
+        assert (prepared / sub).is_dir()
+    plans = json.loads((prepared / "nnUNetPlans.json").read_text())
+    target = plans["configurations"]["3d_fullres"]["spacing"]
+    for case in meta["split"]["train"][:2]:
+        img = read_image(prepared / "imagesTr" / f"{case}_0000.nii.gz")
+        lab = read_image(prepared / "labelsTr" / f"{case}.nii.gz")
+        assert img.array.shape == lab.array.shape == tuple(meta["shapes"][case + ".nii.gz"])
+        assert np.allclose(lab.spacing, target) and np.allclose(meta["target_spacing"], target)
+        assert set(np.unique(lab.array)) <= {0, 1, 2, 3}
+    assert meta["pool_fg_voxels"] > 0
+    # preparing again with the same settings reuses the folder
+    t0 = time.time()
+    assert prepare_dataset(meta["settings"]["source"], prepared.parent, progress=False) == prepared
+    assert time.time() - t0 < 30
+
+
+def test_plan_rule_gives_sensible_values(prepared):
+    from claspe.protocol.rule import recommend_settings
+
+    s = recommend_settings(prepared)
+    shape = np.array(json.loads((prepared / "prepare.json").read_text())["shapes"]["synth_000.nii.gz"]
+                     if "synth_000.nii.gz" in json.loads((prepared / "prepare.json").read_text())["shapes"]
+                     else next(iter(json.loads((prepared / "prepare.json").read_text())["shapes"].values())))
+    patch = np.array(s["patch_size"])
+    assert np.all(patch >= 1) and np.all(patch <= shape)
+    assert np.all(patch <= np.ceil(np.array(s["statistics"]["nnunet_patch_size"]) / 2))
+    K = 3
+    assert s["query_size"] % (K + 1) == 0 and s["query_size"] >= 2 * (K + 1)
+    assert s["starting_budget_size"] >= 2 * K
+    assert 0.005 < s["statistics"]["fraction_of_pool_per_query"] < 0.1
+    assert all(1 <= a <= 8 for a in s["agg_stride"])
+    assert s["n_patch_per_image"] >= 20
+
+
+def test_end_to_end_clasp_pe(prepared, tmp_path):
+    from claspe.protocol.experiment import run_experiment
+
+    cfg = _cfg(prepared)
+    exp = run_experiment(cfg, data_root=prepared.parent, exp_root=tmp_path, progress=False)
+    assert exp == tmp_path / cfg.name and is_finished(exp)
+    meta = json.loads((prepared / "prepare.json").read_text())
+    shapes = {f: tuple(s) for f, s in meta["shapes"].items()}
+    pool = sorted(f for f in shapes if f[: -len(".nii.gz")] in meta["split"]["train"])
+    all_patches = []
+    for k in range(cfg.query_steps):
+        ps = read_loop(loop_path(exp, k), known_files=pool, shape_of=shapes.get)
+        assert len(ps) == cfg.query_size  # starting budget = query size, then one query per loop
+        for p in ps:
+            assert not any(p.overlaps(q) for q in all_patches)
+        all_patches += ps
+        r = json.loads(result_path(exp, k).read_text())
+        assert r["loop"] == k and r["n_patches"] == cfg.query_size * (k + 1)
+        assert set(r["dice_per_class"]) == {"1", "2", "3"}
+        assert set(r["per_case"]) == set(meta["split"]["val"])
+        for v in r["dice_per_class"].values():
+            assert v is None or 0.0 <= v <= 1.0
+        assert r["mean_dice"] is None or 0.0 <= r["mean_dice"] <= 1.0
+        assert r["pool_fg_voxels"] == meta["pool_fg_voxels"]
+        assert r["fg_fraction"] == pytest.approx(r["annotated_fg_voxels"] / r["pool_fg_voxels"])
+        assert 0 < r["annotated_fg_voxels"] <= r["annotated_voxels"]
+    assert not loop_path(exp, cfg.query_steps).exists()
+    # the last loop's labels: ground truth inside the queried boxes, the ignore label elsewhere
+    ignore = json.loads((exp / "work" / "dataset.json").read_text())["labels"]["ignore"]
+    assert ignore == 4
+    labelled = sorted(p.name for p in (exp / "work" / "labelsTr").glob("*.nii.gz"))
+    assert labelled == sorted({p.file for p in all_patches})
+    n_annot = 0
+    for f in labelled:
+        lab = read_image(exp / "work" / "labelsTr" / f).array
+        gt = read_image(prepared / "labelsTr" / f).array
+        m = box_mask(gt.shape, [p for p in all_patches if p.file == f])
+        assert np.array_equal(lab[m], gt[m])
+        assert np.all(lab[~m] == ignore)
+        n_annot += int(m.sum())
+    last = json.loads(result_path(exp, cfg.query_steps - 1).read_text())
+    assert last["annotated_voxels"] == n_annot
+    # ensemble predictions of the held-out split exist; no probability files anywhere
+    assert len(list((exp / "work" / "predictions" / "loop_002").glob("*.nii.gz"))) == 3
+    assert not [p for p in exp.rglob("*") if p.suffix in (".npy", ".npz", ".pkl")]
+    assert not (exp / "work" / "models" / "loop_000").exists()  # cleaned up after its loop
+    assert "finished" in (exp / "log.txt").read_text()
+    # resume of a finished experiment is a no-op
+    before = (exp / "state.json").read_text()
+    t0 = time.time()
+    run_experiment(cfg, data_root=prepared.parent, exp_root=tmp_path, progress=False)
+    assert time.time() - t0 < 5 and (exp / "state.json").read_text() == before
+
+
+_RUN = ("import json, sys; from claspe.protocol.config import ExperimentConfig; "
+        "from claspe.protocol.experiment import run_experiment; "
+        "run_experiment(ExperimentConfig.from_json(json.loads(sys.argv[1])), data_root=sys.argv[2], "
+        "exp_root=sys.argv[3], progress=False)")
+
+
+def test_resume_after_sigkill_in_annotate_train_predict(prepared, tmp_path):
+    cfg = _cfg(prepared, query_steps=2, seed=7)
+    markers = tmp_path / "markers"
+    env = {**os.environ, "CLASPE_TEST_PAUSE": f"train,predict,annotate:{markers}", "OMP_NUM_THREADS": "1"}
+    exp = tmp_path / "exps" / cfg.name
+    args = [sys.executable, "-c", _RUN, json.dumps(cfg.to_json()), str(prepared.parent), str(tmp_path / "exps")]
+    killed, snapshots = [], []
+    deadline = time.time() + 500
+    while True:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        seen = set(os.listdir(markers)) if markers.exists() else set()
+        while proc.poll() is None and time.time() < deadline:
+            now = set(os.listdir(markers)) if markers.exists() else set()
+            if now - seen:
+                stage = (now - seen).pop()
+                time.sleep(0.2)
+                if stage == "train":
+                    ck = list((exp / "work" / "models").rglob("checkpoint_latest.pth"))
+                    assert ck, "training paused before its first checkpoint"
+                if stage == "predict":
+                    assert not loop_path(exp, 1).exists()
+                if stage == "annotate":
+                    assert len(list((exp / "work" / "labelsTr").glob("*.nii.gz"))) == 1
+                state = json.loads((exp / "state.json").read_text())["steps"]
+                snapshots.append({k: v["finished_at"] for k, v in state.items()})
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed.append(stage)
+                break
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+            pytest.fail("resume test timed out")
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-3000:]
+    assert killed == ["annotate", "train", "predict"]  # annotate_000 comes before the first training
+    assert is_finished(exp)
+    final = json.loads((exp / "state.json").read_text())["steps"]
+    for snap in snapshots:  # finished steps were not redone
+        for step, t in snap.items():
+            assert final[step]["finished_at"] == t, step
+    assert sorted(p.name for p in exp.glob("loop_*.json")) == ["loop_000.json", "loop_001.json"]
+    p0, p1 = read_loop(loop_path(exp, 0)), read_loop(loop_path(exp, 1))
+    assert len(p0) == len(p1) == cfg.query_size
+    assert not any(a.overlaps(b) for a in p0 for b in p1)
+    assert [json.loads(result_path(exp, k).read_text())["n_patches"] for k in range(2)] == [8, 16]
+    assert not list(exp.rglob("*.tmp-*")) and not list(exp.rglob(".claspe-tmp"))
+
+
+def _fresh_exp(prepared, tmp_path, entry, **kw):
+    from claspe.data.io import write_json
+    from claspe.protocol.experiment import run_experiment
+
+    cfg = _cfg(prepared, **kw)
+    exp = tmp_path / cfg.name
+    exp.mkdir(parents=True)
+    write_json(exp / "experiment.json", cfg.to_json())
+    if entry is not None:
+        write_json(loop_path(exp, 0), {"patches": [entry]})
+    return lambda: run_experiment(cfg, data_root=prepared.parent, exp_root=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"file": "nope.nii.gz", "coords": [0, 0, 0], "size": [2, 2, 2]}, "unknown case"),
+    ({"file": "../labelsVal/x.nii.gz", "coords": [0, 0, 0], "size": [2, 2, 2]}, "outside the dataset"),
+    (None, None),  # placeholder replaced below: box outside the image of a real pool case
+])
+def test_bad_loop_files_are_rejected(prepared, tmp_path, entry, match):
+    meta = json.loads((prepared / "prepare.json").read_text())
+    if entry is None:
+        f = meta["split"]["train"][0] + ".nii.gz"
+        shape = meta["shapes"][f]
+        entry = {"file": f, "coords": [0, 0, shape[2] - 3], "size": [2, 2, 6]}
+        match = "outside the image"
+    run = _fresh_exp(prepared, tmp_path, entry)
+    with pytest.raises(ValueError, match=match):
+        run()
+
+
+def test_too_many_folds_is_a_clear_error(prepared, tmp_path):
+    run = _fresh_exp(prepared, tmp_path, None, folds=8)
+    with pytest.raises(ValueError, match="too few cases for 8-fold"):
+        run()
+
+
+def test_unprepared_dataset_is_a_clear_error(tmp_path):
+    from claspe.protocol.experiment import run_experiment
+
+    cfg = ExperimentConfig(dataset="Dataset000_None", strategy="clasp_pe", query_size=4, patch_size=4)
+    with pytest.raises(FileNotFoundError, match="claspe prepare"):
+        run_experiment(cfg, data_root=tmp_path, exp_root=tmp_path / "e", progress=False)
