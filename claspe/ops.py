@@ -82,6 +82,14 @@ def _resolve_backend(backend: str, *arrays) -> str:
     return backend
 
 
+def _routed(backend: str, op: str) -> str:
+    """Each op below routes "cpu" to claspe._C and "numpy" to claspe.reference right after resolving
+    its backend; a resolved backend an op has no route for is an error, never a silent fallback."""
+    if backend not in ("cpu", "numpy"):
+        raise ValueError(f"{op}: backend {backend!r} is not available for this operation")
+    return backend
+
+
 def _as_float_array(a, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # torch CPU tensor
         a = a.detach().numpy()
@@ -260,7 +268,8 @@ class FoldAccumulator:
             self.backend, self.shape, self._n, self._sum, self._ent = (
                 "cuda", self._gpu.shape, self._gpu.n_folds, self._gpu.sum, self._gpu.ent)
             return
-        backend = _resolve_backend(self._backend_req if self.backend is None else self.backend, fold)
+        backend = _routed(_resolve_backend(self._backend_req if self.backend is None else self.backend, fold),
+                          "FoldAccumulator.add")
         if self.backend is not None and backend != self.backend:
             raise ValueError(f"fold is on backend {backend!r} but the accumulator is on {self.backend!r}")
         a = _as_float_array(fold, "fold", 4)
@@ -365,7 +374,7 @@ def score_maps(
     if _cuda.wants(backend, mean, mean_fold_entropy):
         return _cuda.score_maps(mean, score, classes, mean_fold_entropy)
     mean = _as_float_array(mean, "mean", 4)
-    backend = _resolve_backend(backend, mean)
+    backend = _routed(_resolve_backend(backend, mean), "score_maps")
     _check_probabilities(mean, "mean", backend)
     cls = _check_score_classes(score, classes, mean.shape[0])
     if score in ("bald", "expected_entropy"):
@@ -515,7 +524,7 @@ def fold_box_scores(
                     raise ValueError(f"fold {m} dtype {a.dtype} differs from fold 0 {arrays[0].dtype}")
             arrays.append(a)
         cls = _check_score_classes(score, classes, arrays[0].shape[0])
-        backend = _resolve_backend(backend, *arrays)
+        backend = _routed(_resolve_backend(backend, *arrays), "fold_box_scores")
         if backend == "cpu":
             return _fold_box_scores_cpu(arrays, mapped, score, cls, patch, stride, bool(logits), planes_per_block)
         acc = FoldAccumulator(track_fold_entropy=score in ("bald", "expected_entropy"), backend="numpy")
@@ -580,7 +589,7 @@ def box_mean(maps, patch, stride=1, *, backend: str = "auto") -> np.ndarray:
         a = a[None]
     patch = _triple(patch, "patch")
     stride = _triple(stride, "stride")
-    backend = _resolve_backend(backend, a)
+    backend = _routed(_resolve_backend(backend, a), "box_mean")
     _check_finite(a, "maps", backend)
     if backend == "cpu":
         out = _C().box_mean(a, patch, stride)
@@ -623,7 +632,7 @@ def power_noise(scores, beta=None, *, seed: int = 0, loop: int = 0, image: int =
             raise ValueError(f"noise shape {noise.shape} != scores shape {s.shape}")
         if not np.isfinite(noise).all():
             raise ValueError("noise contains NaN or Inf")
-    backend = _resolve_backend(backend, s)
+    backend = _routed(_resolve_backend(backend, s), "power_noise")
     if s.size >= 2**32:
         raise ValueError(f"scores has {s.size} elements; the noise stream is indexed by 32-bit positions")
     if backend == "cpu":
@@ -688,7 +697,7 @@ def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), b
     if any(q < 0 for q in quotas):
         raise ValueError(f"quotas must be >= 0, got {quotas}")
     boxes = _check_boxes(blocked)
-    backend = _resolve_backend(backend, a)
+    backend = _routed(_resolve_backend(backend, a), "select_patches")
     if backend == "cpu":
         res = _C().select_patches(np.ascontiguousarray(a, dtype=np.float32), patch, stride, volume_shape, quotas, boxes)
         return [(st, sc) for st, sc in res]
