@@ -180,10 +180,12 @@ def describe(a, name: str, *, dtypes=("float32", "float16"), ndim: int | tuple[i
         raise ValueError(f"{name} is empty (shape {shape})")
     device = int(_ext._C.cuda_pointer_device(ptr))
     if device < 0:
-        if _is_torch(a):
-            device = int(a.device.index or 0)
-        else:
-            raise ValueError(f"{name}: pointer {ptr:#x} is not CUDA device memory")
+        n, why = _ext._C.cuda_device_count()
+        if n == 0 and _is_torch(a):  # torch sees a GPU that this module's CUDA runtime cannot use
+            raise RuntimeError(f"the CUDA engine of claspe._C cannot use the GPU ({why}); it was built with "
+                               f"CUDA {_ext.build_info().get('cuda_runtime_version')}, which needs a driver at "
+                               "least as new")
+        raise ValueError(f"{name}: pointer {ptr:#x} is not CUDA device memory")
     lib = "torch" if _is_torch(a) else ("cupy" if _is_cupy(a) else None)
     return DevArray(a, ptr, dtype, code, shape, strides, contiguous, device, _current_stream(a, device, cai_stream), lib)
 
