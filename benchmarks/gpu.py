@@ -23,6 +23,8 @@ import argparse
 import sys
 import time
 
+import numpy as np
+
 CASES = {
     "kits": dict(shape=(256, 256, 256), C=4, M=5, patch=(64, 64, 64), stride=(8, 8, 8), dtype="float32"),
     "amos": dict(shape=(256, 256, 256), C=16, M=5, patch=(32, 74, 74), stride=(8, 8, 8), dtype="float32"),
@@ -65,15 +67,15 @@ def _quotas(C: int, n: int = 20, fg_share: float = 0.66) -> list[int]:
     return [per] * fg + [n - per * fg]
 
 
-def make_folds(case: dict, seed: int = 0):
-    """M folds of logits-softmaxed probabilities [C, X, Y, Z] on the GPU (generated there)."""
+def make_folds(case: dict, seed: int = 0, device: str = "cuda"):
+    """M folds of softmaxed random logits [C, X, Y, Z] on ``device`` (generated there)."""
     import torch
 
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     dt = getattr(torch, case["dtype"])
     out = []
     for _ in range(case["M"]):
-        x = torch.randn((case["C"],) + case["shape"], device="cuda", generator=g, dtype=torch.float32) * 3
+        x = torch.randn((case["C"],) + case["shape"], device=device, generator=g, dtype=torch.float32) * 3
         out.append(torch.softmax(x, dim=0).to(dt))
         del x
     return out
@@ -92,7 +94,7 @@ def torch_pipeline(folds, case: dict):
     patch = [min(p, d) for p, d in zip(case["patch"], case["shape"])]
     kernel = torch.ones((1, 1, *patch), device=mean.device) / float(patch[0] * patch[1] * patch[2])
     box = F.conv3d(maps, kernel, stride=case["stride"])[:, 0]
-    gen = torch.Generator(device="cuda").manual_seed(1)
+    gen = torch.Generator(device=mean.device).manual_seed(1)
     noise = -torch.log(-torch.log(torch.rand(box.shape, device=box.device, generator=gen).clamp(1e-12, 1 - 1e-7)))
     scores = torch.log(box) + noise / 0.316
     grid = box.shape[1:]
@@ -125,8 +127,8 @@ def claspe_pipeline(folds, case: dict):
         acc.add(f)
     box = acc.box_scores("class_pe", list(range(1, C)), patch=case["patch"], stride=case["stride"])
     keys = list(range(1, C)) + [-1]
-    noised = torch.stack([ops.power_noise(box[k], 0.316, seed=1, loop=0, image=0, key=key)
-                          for k, key in enumerate(keys)])
+    noised = [ops.power_noise(box[k], 0.316, seed=1, loop=0, image=0, key=key) for k, key in enumerate(keys)]
+    noised = torch.stack(noised) if isinstance(noised[0], torch.Tensor) else np.stack(noised)  # GPU / CPU
     return ops.select_patches(noised, patch=case["patch"], stride=case["stride"], volume_shape=case["shape"],
                               quotas=_quotas(C))
 

@@ -212,3 +212,19 @@ def test_gpu_benchmark_exits_clearly_without_gpu():
     assert out.returncode == 2
     assert "nothing to measure" in out.stderr and reason in out.stderr
     assert out.stdout == ""
+
+
+def test_gpu_benchmark_pipelines_run_on_cpu_tensors():
+    """The benchmark's two pipelines, on CPU tensors and a tiny case: both pick the 20 boxes of the quotas."""
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    case = dict(bench.SMALL["kits"], shape=(48, 40, 32), patch=(8, 8, 8), stride=(4, 4, 4))
+    folds = bench.make_folds(case, device="cpu")
+    assert len(folds) == case["M"] and tuple(folds[0].shape) == (case["C"], *case["shape"])
+    ref = bench.torch_pipeline(folds, case)
+    ours = bench.claspe_pipeline([f.numpy() for f in folds], case)
+    assert len(ref) == 20 == sum(len(v) for _, v in ours)
+    assert [len(v) for _, v in ours] == bench._quotas(case["C"])
+    assert bench.d2d_copy(folds)[0].equal(folds[0])
