@@ -257,3 +257,22 @@ def test_gpu_path_rejects_bad_dtype_and_shape_before_touching_memory():
         ops.FoldAccumulator().add(HostAsGPU(np.zeros((4, 4, 4), np.float32)))
     with pytest.raises(ValueError, match="is empty"):
         ops.power_noise(HostAsGPU(np.zeros((0, 4), np.float32)), 1.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g: ops.box_mean(g, 2),
+        lambda g: ops.power_noise(g, 1.0),
+        lambda g: ops.select_patches(g, patch=1, stride=1, volume_shape=(2, 3, 3), quotas=[1]),
+        lambda g: ops.score_maps(g),
+        lambda g: ops.fold_box_scores([g, g], patch=2),
+        lambda g: ops.FoldAccumulator(backend="cuda").add(g),
+    ],
+    ids=["box_mean", "power_noise", "select_patches", "score_maps", "fold_box_scores", "FoldAccumulator.add"],
+)
+def test_every_op_routes_gpu_arrays_to_the_cuda_backend(call):
+    """A host pointer dressed as a GPU array reaches claspe/_cuda.py (not NumPy) and is refused there."""
+    g = HostAsGPU(np.full((1, 2, 3, 3), 1.0, np.float32))
+    with pytest.raises(ValueError, match="is not CUDA device memory"):
+        call(g)
