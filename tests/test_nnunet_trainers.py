@@ -55,11 +55,11 @@ def test_al_trainer_settings_explicit_folders_no_env(tmp_path):
 
     from claspe.nnunet.trainers import create_trainer
 
-    env_before = dict(os.environ)
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("nnUNet")}
     t = create_trainer("nnActiveTrainer_200epochs", plans=copy.deepcopy(PLANS), dataset_json=DATASET_JSON,
                        configuration="3d_fullres", fold=1, preprocessed_dir=tmp_path / "pre",
                        output_dir=tmp_path / "out")
-    assert dict(os.environ) == env_before
+    assert {k: v for k, v in os.environ.items() if k.startswith("nnUNet")} == env_before
     assert t.output_folder == str(tmp_path / "out" / "fold_1")
     assert t.preprocessed_dataset_folder == str(tmp_path / "pre" / "nnUNetPlans_3d_fullres")
     assert (tmp_path / "out" / "fold_1").is_dir()

@@ -69,9 +69,8 @@ def test_plan_rule_gives_sensible_values(prepared):
     from claspe.protocol.rule import recommend_settings
 
     s = recommend_settings(prepared)
-    shape = np.array(json.loads((prepared / "prepare.json").read_text())["shapes"]["synth_000.nii.gz"]
-                     if "synth_000.nii.gz" in json.loads((prepared / "prepare.json").read_text())["shapes"]
-                     else next(iter(json.loads((prepared / "prepare.json").read_text())["shapes"].values())))
+    shapes = json.loads((prepared / "prepare.json").read_text())["shapes"]
+    shape = np.min(np.array(list(shapes.values())), axis=0)
     patch = np.array(s["patch_size"])
     assert np.all(patch >= 1) and np.all(patch <= shape)
     assert np.all(patch <= np.ceil(np.array(s["statistics"]["nnunet_patch_size"]) / 2))
@@ -86,9 +85,14 @@ def test_plan_rule_gives_sensible_values(prepared):
 def test_end_to_end_clasp_pe(prepared, tmp_path):
     from claspe.protocol.experiment import run_experiment
 
-    cfg = _cfg(prepared)
+    cfg = _cfg(prepared, extra={"eval_tta": False, "keep_models": True})
+    def nnunet_env():
+        return {k: v for k, v in os.environ.items() if k.startswith("nnUNet")}
+
+    env_before = nnunet_env()
     exp = run_experiment(cfg, data_root=prepared.parent, exp_root=tmp_path, progress=False)
     assert exp == tmp_path / cfg.name and is_finished(exp)
+    assert nnunet_env() == env_before  # nnU-Net got its folders explicitly (torch/blosc2 imports set others)
     meta = json.loads((prepared / "prepare.json").read_text())
     shapes = {f: tuple(s) for f, s in meta["shapes"].items()}
     pool = sorted(f for f in shapes if f[: -len(".nii.gz")] in meta["split"]["train"])
@@ -128,7 +132,21 @@ def test_end_to_end_clasp_pe(prepared, tmp_path):
     # ensemble predictions of the held-out split exist; no probability files anywhere
     assert len(list((exp / "work" / "predictions" / "loop_002").glob("*.nii.gz"))) == 3
     assert not [p for p in exp.rglob("*") if p.suffix in (".npy", ".npz", ".pkl")]
-    assert not (exp / "work" / "models" / "loop_000").exists()  # cleaned up after its loop
+    assert not list((exp / "work" / "preprocessed").iterdir())  # removed after each loop's training
+    # the fold models: each fold's softmax is computed when its item is read, one image at a time
+    from claspe.nnunet.predict import FoldModels
+
+    models = FoldModels(exp / "work" / "models" / "loop_002", folds=[0, 1], trainer=TINY)
+    case = meta["split"]["train"][0]
+    lazy = models.lazy_probabilities([str(prepared / "imagesTr" / f"{case}_0000.nii.gz")])
+    assert len(lazy) == 2 and lazy.accessed == []
+    p0 = lazy[0]
+    p1 = lazy[1]
+    assert lazy.accessed == [0, 1]
+    assert p0.shape == (4, *shapes[case + ".nii.gz"]) and p0.dtype == np.float32
+    assert np.allclose(p0.sum(0), 1, atol=1e-4) and np.allclose(p1.sum(0), 1, atol=1e-4)
+    assert not np.allclose(p0, p1)  # two different fold models
+    assert np.array_equal(lazy[0], p0)  # deterministic recomputation
     assert "finished" in (exp / "log.txt").read_text()
     # resume of a finished experiment is a no-op
     before = (exp / "state.json").read_text()
@@ -191,6 +209,7 @@ def test_resume_after_sigkill_in_annotate_train_predict(prepared, tmp_path):
     assert not any(a.overlaps(b) for a in p0 for b in p1)
     assert [json.loads(result_path(exp, k).read_text())["n_patches"] for k in range(2)] == [8, 16]
     assert not list(exp.rglob("*.tmp-*")) and not list(exp.rglob(".claspe-tmp"))
+    assert not (exp / "work" / "models" / "loop_000").exists()  # models removed after their loop
 
 
 def _fresh_exp(prepared, tmp_path, entry, **kw):
