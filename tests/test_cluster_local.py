@@ -39,7 +39,8 @@ def test_local_grid_runs_reports_and_retries_only_failures(tmp_path, capsys):
     spec.write_text(SPEC)
     grid = tmp_path / "out"
 
-    rc = main(["grid", str(spec), "--max-parallel", "2"])
+    # --gpus 0,1: two tasks at a time, each with its own CUDA_VISIBLE_DEVICES (the runs use the CPU)
+    rc = main(["grid", str(spec), "--gpus", "0,1"])
     out = capsys.readouterr().out
     assert rc == 1, out  # two experiments fail
     names = {json.loads(Path(p).read_text())["strategy"] + "/" + json.loads(Path(p).read_text())["label_regime"]:
@@ -51,6 +52,7 @@ def test_local_grid_runs_reports_and_retries_only_failures(tmp_path, capsys):
         assert is_finished(grid / n)
         assert (grid / n / "results" / "loop_001.json").is_file()
         assert [a["status"] for a in _attempts(grid, n)] == ["finished"]
+        assert _attempts(grid, n)[0]["env"]["CUDA_VISIBLE_DEVICES"] in ("0", "1")
     # failures are reported with their log files, which exist and hold the trace
     for n in broken:
         assert not is_finished(grid / n)

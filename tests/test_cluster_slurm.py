@@ -4,7 +4,8 @@ A synthetic dataset is prepared by the grid driver; the grid (tiny trainer, 1 fo
 strategies and one label regime that fails at run time. One running task is killed with `scancel`
 while it queries (after its loop-0 evaluation); the failures are reported with their log files, the
 report is written, and a rerun skips the finished experiment, resumes the killed one to the end and
-retries the failing ones. Every task gets one of the two (fake) GPUs through `--gres=gpu:1`.
+retries the failing ones (submitted with --no-wait, then collected without submitting twice). Every
+task gets one of the two (fake) GPUs through `--gres=gpu:1`.
 """
 
 from __future__ import annotations
@@ -125,13 +126,24 @@ def test_slurm_grid_kill_resume_fail_retry(tmp_path):
         assert env["CUDA_VISIBLE_DEVICES"] in ("0", "1")
 
     # run 2: the killed experiment resumes (loop 0 is not trained again) and finishes; the finished
-    # one is skipped; the failing ones are retried
+    # one is skipped; the failing ones are retried. Submitted with --no-wait, then collected by the
+    # same command without --no-wait, which must not submit the queued experiments a second time.
     t1 = time.time()
+    proc = _grid(spec, "--no-wait")
+    out2a, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out2a
+    assert "3 submitted" in out2a and "run the same command again to wait" in out2a
+    jobs2 = json.loads((grid / "_grid" / "jobs.json").read_text())
+    assert jobs2[victim]["job_id"] != job_id and not jobs2[victim]["collected"]
     proc = _grid(spec)
     out2, _ = proc.communicate(timeout=600)
     t_run2 = time.time() - t1
     assert proc.returncode == 1, out2
+    assert "collecting it instead of submitting again" in out2
     assert "1 ran and finished, 1 already finished, 2 failed" in out2
+    jobs3 = json.loads((grid / "_grid" / "jobs.json").read_text())
+    assert {n: j["job_id"] for n, j in jobs3.items()} == {n: j["job_id"] for n, j in jobs2.items()}
+    assert all(jobs3[n]["collected"] for n in [victim, *broken])
     assert is_finished(grid / victim)
     assert [a["status"] for a in _attempts(grid, victim)] == ["running", "finished"]  # killed, then done
     assert "resuming" in (grid / victim / "log.txt").read_text()

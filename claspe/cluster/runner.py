@@ -331,45 +331,35 @@ def slurm_executor(run_dir: Path, opts: SlurmOptions) -> submitit.SlurmExecutor:
     return ex
 
 
-def active_jobs(grid_root: Path) -> dict[str, dict]:
-    """Entries of ``_grid/jobs.json`` whose SLURM job is still pending/running (for reattaching)."""
-    p = grid_root / GRID_DIR / "jobs.json"
-    if not p.is_file():
-        return {}
+def _read_manifest(path: Path) -> dict:
     try:
-        jobs = json.loads(p.read_text())
+        return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; ignoring it", path)
         return {}
-    if not jobs:
-        return {}
-    states = squeue_states([j["job_id"] for j in jobs.values()])
-    if states is None:
-        raise SlurmUnavailableError("cannot tell whether earlier jobs of this grid still run (squeue failed)")
-    return {n: {**j, "state": states[j["job_id"]]} for n, j in jobs.items()
-            if states.get(j["job_id"]) in ACTIVE_STATES}
 
 
 def run_slurm(entries: list[GridEntry], grid_root: Path, run_dir: Path, opts: SlurmOptions) -> list[Outcome]:
     """Submits the entries as one SLURM array (one task per experiment) and waits for them.
 
-    Entries whose job from an earlier run is still queued or running are not submitted again: the
-    driver waits for those jobs instead.
+    ``_grid/jobs.json`` keeps each entry's latest job and whether its outcome was collected. A job not
+    collected yet (submitted with ``wait=False``, or its driver was interrupted) is not submitted
+    again: this run waits for it if it is still queued/running, or collects what it left.
     """
     check_slurm(opts.partition)
-    attached = active_jobs(grid_root)
-    todo = [e for e in entries if e.name not in attached]
     jobs_file = grid_root / GRID_DIR / "jobs.json"
-    try:
-        manifest = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
-    except json.JSONDecodeError:
-        manifest = {}
+    manifest = _read_manifest(jobs_file)
     pending: dict[str, tuple] = {}
+    todo = []
     for e in entries:
-        if e.name in attached:
-            a = attached[e.name]
-            job = submitit.SlurmJob(folder=a["folder"], job_id=a["job_id"])
-            log.info("%s: job %s from an earlier run is %s; waiting for it", e.name, a["job_id"], a["state"])
+        m = manifest.get(e.name)
+        if m and not m.get("collected", True):
+            job = submitit.SlurmJob(folder=m["folder"], job_id=m["job_id"])
+            log.info("%s: job %s was submitted earlier; collecting it instead of submitting again", e.name,
+                     m["job_id"])
             pending[job.job_id] = (job, e)
+        else:
+            todo.append(e)
     if todo:
         ex = slurm_executor(run_dir, opts)
         task = ExperimentTask()
@@ -381,7 +371,7 @@ def run_slurm(entries: list[GridEntry], grid_root: Path, run_dir: Path, opts: Sl
                                         f"{str(exc).strip()}") from None
         for job, e in zip(jobs, todo):
             pending[job.job_id] = (job, e)
-            manifest[e.name] = {"job_id": job.job_id, "folder": str(run_dir)}
+            manifest[e.name] = {"job_id": job.job_id, "folder": str(run_dir), "collected": False}
         write_json_atomic(jobs_file, manifest)
         log.info("submitted %d task(s) as SLURM job %s", len(todo), jobs[0].job_id.split("_")[0])
     if not opts.wait:
@@ -409,6 +399,8 @@ def run_slurm(entries: list[GridEntry], grid_root: Path, run_dir: Path, opts: Sl
                     continue
                 del pending[jid]
                 outcomes.append(o)
+                manifest[e.name]["collected"] = True
+                write_json_atomic(jobs_file, manifest)
                 bar.update(1)
                 (log.info if o.status == "finished" else log.warning)("%s: %s%s", e.name, o.status,
                                                                       f" ({o.error})" if o.error else "")
