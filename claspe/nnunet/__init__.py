@@ -14,7 +14,7 @@ No environment mutation: nnU-Net v2 reads ``nnUNet_raw``/``nnUNet_preprocessed``
 from ``os.environ``. Training, preprocessing and prediction here take explicit folders and never
 consult those variables (the trainer's folder attributes are overwritten right after construction,
 ``nnUNet_n_proc_DA`` and ``nnUNet_compile`` are replaced by explicit arguments). Fingerprint
-extraction and experiment planning have no such entry point, so :func:`claspe.nnunet.plan.plan_dataset`
+extraction and experiment planning have no such entry point, so :func:`claspe.nnunet.plan.plan_resample_plan`
 runs them in a child process whose environment (only) carries the paths. Several experiments can
 therefore run at the same time in different processes, and one process can run several in sequence.
 

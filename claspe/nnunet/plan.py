@@ -1,8 +1,9 @@
 """nnU-Net planning and preprocessing with explicit folders.
 
-* :func:`plan_dataset` — dataset fingerprint + ``ExperimentPlanner`` (nnU-Net's defaults, 8 GB
-  target) for a folder in nnU-Net raw layout. nnU-Net only offers this through the ``nnUNet_raw`` /
-  ``nnUNet_preprocessed`` environment variables, so it runs in a child process
+* :func:`plan_resample_plan` — the compute part of ``claspe prepare``: dataset fingerprint +
+  ``ExperimentPlanner`` (nnU-Net's defaults, 8 GB target) of the original pool, resampling of every
+  case, fingerprint + plan of the resampled pool. nnU-Net only offers planning through the
+  ``nnUNet_raw`` / ``nnUNet_preprocessed`` environment variables, so this runs in ONE child process
   (``python -m claspe.nnunet.plan``) whose own environment carries private temporary paths; the
   caller's ``os.environ`` is never touched.
 * :func:`resample_case` — nnU-Net's ``DefaultPreprocessor.run_case`` (crop to non-zero, normalise,
@@ -31,43 +32,6 @@ from claspe.nnunet._proc import nnunet_env, run_child
 log = logging.getLogger(__name__)
 
 _DATASET_ID = 999  # private id inside the child's private nnUNet_raw
-
-
-def plan_dataset(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_proc: int = 1,
-                 log_file: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Fingerprint + plan the nnU-Net raw dataset in ``raw_dir`` (imagesTr, labelsTr, dataset.json).
-
-    Writes ``out_dir/nnUNetPlans.json`` and ``out_dir/dataset_fingerprint.json`` (atomically) and
-    returns their paths. Runs nnU-Net in a child process with private nnU-Net folders.
-    """
-    raw_dir = Path(raw_dir).resolve()
-    out_dir = Path(out_dir)
-    for sub in ("imagesTr", "labelsTr", "dataset.json"):
-        if not (raw_dir / sub).exists():
-            raise FileNotFoundError(f"{raw_dir / sub} not found: plan_dataset needs a nnU-Net raw dataset folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".claspe-plan-", dir=out_dir) as tmp:
-        tmp = Path(tmp)
-        ds = tmp / "raw" / f"Dataset{_DATASET_ID:03d}_plan"
-        ds.mkdir(parents=True)
-        for sub in ("imagesTr", "labelsTr"):
-            os.symlink(raw_dir / sub, ds / sub)
-        shutil.copyfile(raw_dir / "dataset.json", ds / "dataset.json")
-        env = nnunet_env(raw=tmp / "raw", preprocessed=tmp / "pre", results=tmp / "res", n_proc=n_proc)
-        run_child(["-m", "claspe.nnunet.plan", "--dataset-id", str(_DATASET_ID), "--n-proc", str(n_proc)],
-                  env=env, log_file=log_file, what="nnU-Net fingerprint + planning")
-        pre = tmp / "pre" / ds.name
-        outs = []
-        for name in ("nnUNetPlans.json", "dataset_fingerprint.json"):
-            src = pre / name
-            if not src.is_file():
-                raise RuntimeError(f"nnU-Net planning did not write {name}")
-            dst = out_dir / name
-            tmp_dst = out_dir / f".{name}.tmp"
-            shutil.copyfile(src, tmp_dst)
-            os.replace(tmp_dst, dst)
-            outs.append(dst)
-    return outs[0], outs[1]
 
 
 def _fingerprint_and_plan(dataset_id: int, n_proc: int) -> None:  # pragma: no cover - runs in the child
