@@ -65,7 +65,7 @@ def test_prepared_layout(prepared):
     assert time.time() - t0 < 30
 
 
-def test_plan_rule_gives_sensible_values(prepared):
+def test_plan_rule_gives_sensible_values(prepared, capsys):
     from claspe.protocol.rule import recommend_settings
 
     s = recommend_settings(prepared)
@@ -80,9 +80,13 @@ def test_plan_rule_gives_sensible_values(prepared):
     assert 0.005 < s["statistics"]["fraction_of_pool_per_query"] < 0.1
     assert all(1 <= a <= 8 for a in s["agg_stride"])
     assert s["n_patch_per_image"] >= 20
+    from claspe.cli import main
+
+    assert main(["plan", prepared.name, "--data-root", str(prepared.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["patch_size"] == s["patch_size"]
 
 
-def test_end_to_end_clasp_pe(prepared, tmp_path):
+def test_end_to_end_clasp_pe(prepared, tmp_path, capsys):
     from claspe.protocol.experiment import run_experiment
 
     cfg = _cfg(prepared, extra={"eval_tta": False, "keep_models": True})
@@ -148,11 +152,27 @@ def test_end_to_end_clasp_pe(prepared, tmp_path):
     assert not np.allclose(p0, p1)  # two different fold models
     assert np.array_equal(lazy[0], p0)  # deterministic recomputation
     assert "finished" in (exp / "log.txt").read_text()
-    # resume of a finished experiment is a no-op
+    # resume of a finished experiment is a no-op (API and `claspe run <folder>`)
     before = (exp / "state.json").read_text()
     t0 = time.time()
     run_experiment(cfg, data_root=prepared.parent, exp_root=tmp_path, progress=False)
     assert time.time() - t0 < 5 and (exp / "state.json").read_text() == before
+    from claspe.cli import main
+
+    capsys.readouterr()
+    assert main(["run", str(exp), "--data-root", str(prepared.parent), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (exp / "state.json").read_text() == before and "clasp_pe" in out and str(exp) in out
+    # `claspe evaluate`: the table, and nnU-Net Dice of a prediction folder equal to the stored result
+    assert main(["evaluate", str(exp), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["loop"] for r in rows] == [0, 1, 2] and [r["n_patches"] for r in rows] == [8, 16, 24]
+    assert main(["evaluate", "--predictions", str(exp / "work" / "predictions" / "loop_002"),
+                 "--labels", str(prepared / "labelsVal"), "--dataset-json", str(prepared / "dataset.json")]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["per_case"].keys() == last["per_case"].keys()
+    for k, v in last["dice_per_class"].items():
+        assert (v is None and ev["dice_per_class"][k] is None) or ev["dice_per_class"][k] == pytest.approx(v)
 
 
 _RUN = ("import json, sys; from claspe.protocol.config import ExperimentConfig; "

@@ -115,13 +115,11 @@ def _cmd_evaluate(args) -> int:
     from claspe.protocol.demo import format_table, results_table
 
     if args.predictions:
-        from claspe.data import load_dataset
         from claspe.nnunet.evaluate import aggregate, case_dice
 
-        if not args.labels:
+        if not args.labels or not args.dataset_json:
             raise ValueError("--predictions needs --labels (the reference label folder) and --dataset-json")
         dj = json.loads(Path(args.dataset_json).read_text())
-        del load_dataset
         fe = dj["file_ending"]
         classes = sorted(int(v) for k, v in dj["labels"].items() if k not in ("background", "ignore"))
         preds = sorted(p for p in Path(args.predictions).iterdir() if p.name.endswith(fe))
@@ -134,7 +132,10 @@ def _cmd_evaluate(args) -> int:
                 raise FileNotFoundError(f"reference {ref} for prediction {p} not found")
             per_case[p.name[: -len(fe)]] = case_dice(ref, p, classes)
         per_class, mean = aggregate(per_case, classes)
-        print(json.dumps({"dice_per_class": per_class, "mean_dice": mean, "per_case": per_case}, indent=2))
+        from claspe.protocol.experiment import _nan_to_none
+
+        doc = {"dice_per_class": per_class, "mean_dice": mean, "per_case": per_case}
+        print(json.dumps(_nan_to_none(doc), indent=2))
         return 0
     if not args.experiments:
         raise ValueError("give experiment folders (or --predictions/--labels/--dataset-json)")

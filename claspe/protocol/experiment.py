@@ -90,6 +90,7 @@ class GroundTruth(Mapping):
 
 
 def _nan_to_none(x):
+    """NaN -> None (JSON ``null``), recursively through dicts."""
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
