@@ -28,7 +28,7 @@ import socket
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -87,10 +87,9 @@ class Outcome:
     stdout: str | None = None
     stderr: str | None = None
     seconds: float | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, {})}
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 # ------------------------------------------------------------------------------------ the task
@@ -190,7 +189,7 @@ def _collect(job, entry: GridEntry, grid_root: Path, state: str | None = None) -
             out.error = rec.get("error") if rec.get("status") == "failed" else _short_error(exc)
     else:
         rec = _last_attempt(grid_root, entry.name)
-        what = f"job ended in state {state}" if state else "job left the queue"
+        what = f"job ended in state {state}" if state else "task ended"
         out.error = f"{what} without a result (killed, cancelled or out of memory?)"
         if rec.get("status") == "failed":
             out.error += f"; last error: {rec.get('error')}"
