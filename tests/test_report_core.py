@@ -189,3 +189,20 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", str(tmp_path / "e"), "--out", str(tmp_path / "r2"), "--full-data", str(fd)]) == 0
     summ = pd.read_csv(tmp_path / "r2" / "summary.csv")
     assert (summ["FG_Eff_c"] == 0.9).all() and (summ["FG_Eff_c_source"] == "given").all()
+
+
+def test_figures_ignore_global_style_changes(tmp_path):
+    """nnU-Net's training calls seaborn.set(font_scale=2.5) in the same process (the demo); figures must
+    look the same regardless."""
+    import matplotlib
+    import matplotlib.image as mpimg
+
+    from claspe.report import figures
+
+    make_experiments(tmp_path / "e", regimes=("low",), methods=dict(list(METHODS.items())[:2]), seeds=(1, 2))
+    col = collect_runs(tmp_path / "e")
+    sid = col.runs_df["setting"].iloc[0]
+    clean = figures.budget_curves(col.runs_df, sid, tmp_path / "a.png")
+    with matplotlib.rc_context({"font.size": 30, "axes.facecolor": "#eaeaf2", "lines.linewidth": 6}):
+        dirty = figures.budget_curves(col.runs_df, sid, tmp_path / "b.png")
+    np.testing.assert_array_equal(mpimg.imread(clean), mpimg.imread(dirty))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -19,6 +20,19 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _default_style(fn):
+    """Draw with matplotlib's default style: other code in the same process (nnU-Net's progress plot
+    calls ``seaborn.set(font_scale=2.5)``) changes the global rcParams."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        plt = _plt()
+        with plt.style.context("default"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def method_order(methods) -> list[str]:
@@ -58,6 +72,7 @@ def _wrap(label: str, width: int = 70) -> str:
     return "\n".join(parts)
 
 
+@_default_style
 def budget_curves(runs_df: pd.DataFrame, setting: str, path: Path) -> Path:
     """Mean Dice vs budget per method: seed mean (line) and min–max band over seeds; unfinished runs
     are included up to their last loop (the band then covers fewer seeds)."""
@@ -86,6 +101,7 @@ def budget_curves(runs_df: pd.DataFrame, setting: str, path: Path) -> Path:
     return path
 
 
+@_default_style
 def ppm_heatmap(pct: pd.DataFrame, path: Path, title: str) -> Path:
     """Heatmap of a PPM in % of settings (rows win, columns lose) with the "Mean" row below a gap."""
     plt = _plt()
@@ -118,6 +134,7 @@ def ppm_heatmap(pct: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
+@_default_style
 def fg_eff_plot(runs_df: pd.DataFrame, fits: dict, setting: str, path: Path) -> Path:
     """Dice vs annotated foreground fraction: points of every complete run and each method's fitted
     curve ``c - a·exp(-γ(x - x0))`` (γ ± SE in the legend); dashed line = c."""
@@ -156,6 +173,7 @@ def fg_eff_plot(runs_df: pd.DataFrame, fits: dict, setting: str, path: Path) -> 
     return path
 
 
+@_default_style
 def rank_plot(ranks: dict, path: Path) -> Path | None:
     """Mean rank ± std across settings for each metric (1 = best), one panel per metric."""
     plt = _plt()
