@@ -22,7 +22,9 @@ Validation
     The same checks and the same ``ValueError`` messages as the CPU path: dtype, ndim, shapes,
     NaN/Inf, probability range and sums (:func:`claspe.ops.prob_tolerance`), CPU arrays mixed with
     GPU arrays, and arrays on different devices.  A failed :meth:`CudaFoldAccumulator.add` leaves the
-    accumulator unchanged (the fold is checked before anything is written).
+    accumulator unchanged: the fold is added out of place (new sum = old sum + fold) and checked in the
+    same pass, and the new sum replaces the old one only when the checks pass.  So each fold is read
+    once; the price is a second float32 sum while ``add`` runs.
 """
 
 from __future__ import annotations
@@ -260,13 +262,6 @@ def empty(like: DevArray, shape, dtype) -> tuple[object, int]:
                      + ": install torch or cupy (" + "; ".join(errors) + ")")
 
 
-def zeros(like: DevArray, shape, dtype) -> tuple[object, int]:
-    arr, ptr = empty(like, shape, dtype)
-    nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
-    _ext._C.cuda_memset_zero(ptr, nbytes, like.device, like.stream)
-    return arr, ptr
-
-
 def _contig_desc(ptr: int, shape, dtype_code: int = 0) -> tuple:
     shape = [int(d) for d in shape]
     return (ptr, dtype_code, shape, list(c_strides(shape)), True)
@@ -283,13 +278,16 @@ def check_finite(a: DevArray, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def check_probabilities(a: DevArray, name: str) -> None:
-    """ops._check_probabilities on the GPU: finite, in [-tol, 1+tol], channel sums within tol of 1."""
+def prob_bounds(dtype) -> tuple[float, float, float]:
+    """(tol, lo, hi) of the probability checks: ops.prob_tolerance, thresholds as float32 like the CPU engine."""
     from claspe.ops import prob_tolerance
 
-    tol = prob_tolerance(a.dtype)
-    lo, hi = float(np.float32(-tol)), float(np.float32(1 + tol))
-    r = _ext._C.cuda_check(a.desc(), lo, hi, True, a.device, a.stream)
+    tol = prob_tolerance(dtype)
+    return tol, float(np.float32(-tol)), float(np.float32(1 + tol))
+
+
+def raise_probability_checks(r: dict, name: str, tol: float) -> None:
+    """The ValueErrors of ops._check_probabilities from the flags of a check kernel."""
     if r["nan"] or r["posinf"] or r["neginf"]:
         raise ValueError(f"{name} contains NaN or Inf")
     if r["below"] or r["above"]:
@@ -300,6 +298,12 @@ def check_probabilities(a: DevArray, name: str) -> None:
             f"{name}: probabilities do not sum to 1 over the class axis (max deviation {err:.3g} > "
             f"{tol}); pass logits=True for logits"
         )
+
+
+def check_probabilities(a: DevArray, name: str) -> None:
+    """ops._check_probabilities on the GPU: finite, in [-tol, 1+tol], channel sums within tol of 1."""
+    tol, lo, hi = prob_bounds(a.dtype)
+    raise_probability_checks(_ext._C.cuda_check(a.desc(), lo, hi, True, a.device, a.stream), name, tol)
 
 
 def _kind(score: str) -> int:
@@ -344,17 +348,22 @@ class CudaFoldAccumulator:
                 raise ValueError(f"fold shape {a.shape} differs from earlier folds {self.shape}")
             if a.device != self._like.device:
                 raise ValueError(f"fold is on cuda:{a.device} but the accumulator is on cuda:{self._like.device}")
+        # out of place: new = old + fold, checked in the same pass; on a failed check the new buffers are
+        # dropped and the accumulator is unchanged, and each fold is read from memory once
+        new_sum, sptr = empty(a, a.shape, np.float32)
+        new_ent, eptr = empty(a, a.shape[1:], np.float32) if self.track_fold_entropy else (None, 0)
+        tol, lo, hi = prob_bounds(a.dtype)
+        r = _ext._C.cuda_accumulate(a.desc(), self._sum_ptr, sptr, self._ent_ptr, eptr, bool(logits), lo, hi,
+                                    a.device, a.stream)
         if logits:
-            check_finite(a, "fold logits")
+            if r["nan"] or r["posinf"] or r["neginf"]:
+                raise ValueError("fold logits contains NaN or Inf")
         else:
-            check_probabilities(a, "fold")
+            raise_probability_checks(r, "fold", tol)
         if self.sum is None:
             self._like = a
-            self.sum, self._sum_ptr = zeros(a, a.shape, np.float32)
-            if self.track_fold_entropy:
-                self.ent, self._ent_ptr = zeros(a, a.shape[1:], np.float32)
             self.shape = a.shape
-        _ext._C.cuda_accumulate(a.desc(), self._sum_ptr, self._ent_ptr, bool(logits), a.device, a.stream)
+        self.sum, self._sum_ptr, self.ent, self._ent_ptr = new_sum, sptr, new_ent, eptr
         self.n_folds += 1
 
     def _divided(self, ptr: int, shape) -> object:

@@ -29,6 +29,9 @@ def _probs(rng, shape, dtype=np.float32):
     return R.softmax((rng.normal(size=shape) * 3).astype(np.float32)).astype(dtype)
 
 
+# (lo, hi) thresholds of the probability checks, as claspe/_cuda.py passes them
+LOHI = {d: _cuda.prob_bounds(np.dtype(d))[1:] for d in ("float32", "float16")}
+
 KINDS = [("pe", []), ("class_pe", [1, 3]), ("class_pe", [0]), ("bald", []), ("expected_entropy", [])]
 
 
@@ -38,8 +41,8 @@ def test_accumulate_and_maps_bitwise(dtype, logits):
     rng = np.random.default_rng(1)
     shape = (4, 9, 7, 11)
     ref = R.FoldAccumulator(track_fold_entropy=True)
-    s = np.zeros(shape, np.float32)
-    e = np.zeros(shape[1:], np.float32)
+    s = np.full(shape, np.nan, np.float32)  # the first fold must not read the buffer
+    e = np.full(shape[1:], np.nan, np.float32)
     for f in range(3):
         x = (rng.normal(size=shape) * 4).astype(dtype) if logits else _probs(rng, shape, dtype)
         if f == 1:
@@ -47,7 +50,9 @@ def test_accumulate_and_maps_bitwise(dtype, logits):
         if f == 2:
             x = np.ascontiguousarray(x[:, :, ::-1])  # a fresh contiguous fold
         ref.add(x, logits=logits)
-        C_.cuda_emulate_accumulate(x, s, e, logits)
+        flags = C_.cuda_emulate_accumulate(x, s, e, logits, f == 0, *LOHI[np.dtype(dtype).name])
+        assert not any(flags[k] for k in ("nan", "posinf", "neginf", "below", "above")), flags
+        assert flags["max_sum_dev"] <= (0.0 if logits else ops.prob_tolerance(dtype))
     assert np.array_equal(s, ref.sum)
     assert np.array_equal(e, ref.entropy_sum)
     mean, mfe = ref.mean(), ref.mean_fold_entropy()
@@ -64,11 +69,35 @@ def test_accumulate_without_entropy_and_one_class():
     rng = np.random.default_rng(2)
     x = np.ones((1, 3, 4, 5), np.float32)
     s = np.zeros_like(x)
-    C_.cuda_emulate_accumulate(x, s, None, False)
+    C_.cuda_emulate_accumulate(x, s, None, False, True, *LOHI["float32"])
     assert np.array_equal(s, x)
     lg = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)  # softmax of one class is exactly 1
-    C_.cuda_emulate_accumulate(lg, s, None, True)
+    C_.cuda_emulate_accumulate(lg, s, None, True, False, *LOHI["float32"])
     assert np.array_equal(s, 2 * x)
+
+
+def _flags(x, logits=False):
+    s = np.zeros(x.shape, np.float32)
+    return C_.cuda_emulate_accumulate(x, s, None, logits, True, *LOHI[x.dtype.name])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_accumulate_checks_in_the_same_pass(dtype):
+    """The fused checks see what ops._check_probabilities / _check_finite see (flags and max deviation)."""
+    p = _probs(np.random.default_rng(3), (3, 4, 5, 6), dtype)
+    ok = _flags(p)
+    assert not any(ok[k] for k in ("nan", "posinf", "neginf", "below", "above"))
+    assert ok["max_sum_dev"] <= ops.prob_tolerance(dtype)
+    for value, flag in ((np.nan, "nan"), (np.inf, "posinf"), (-np.inf, "neginf"), (-0.5, "below"), (1.5, "above")):
+        bad = p.copy()
+        bad[1, 2, 3, 4] = value
+        got = _flags(bad)
+        assert got[flag], (value, got)
+        got_logits = _flags(bad, logits=True)  # logits: only finiteness matters
+        assert got_logits["below"] is False and got_logits["above"] is False
+        assert got_logits[flag] == (flag in ("nan", "posinf", "neginf"))
+    half = (p.astype(np.float32) * 0.5).astype(dtype)
+    assert abs(_flags(half)["max_sum_dev"] - 0.5) < 1e-2
 
 
 BOX_CASES = [

@@ -66,13 +66,7 @@ float rank_key_score(uint64_t key) {
   return claspe::bits_float(u);
 }
 
-py::dict check(const py::tuple& arr, double lo, double hi, bool sum_axis0, int device, uintptr_t stream) {
-  const cu::DevArray a = to_dev(arr);
-  cu::CheckResult r;
-  {
-    py::gil_scoped_release nogil;
-    r = cu::check_values(a, lo, hi, sum_axis0, device, stream);
-  }
+py::dict result_dict(const cu::CheckResult& r) {
   py::dict d;
   d["nan"] = r.nan;
   d["posinf"] = r.posinf;
@@ -83,10 +77,26 @@ py::dict check(const py::tuple& arr, double lo, double hi, bool sum_axis0, int d
   return d;
 }
 
-void accumulate(const py::tuple& fold, uintptr_t sum, uintptr_t ent, bool logits, int device, uintptr_t stream) {
+py::dict check(const py::tuple& arr, double lo, double hi, bool sum_axis0, int device, uintptr_t stream) {
+  const cu::DevArray a = to_dev(arr);
+  cu::CheckResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = cu::check_values(a, lo, hi, sum_axis0, device, stream);
+  }
+  return result_dict(r);
+}
+
+py::dict accumulate(const py::tuple& fold, uintptr_t old_sum, uintptr_t new_sum, uintptr_t old_ent, uintptr_t new_ent,
+                    bool logits, float lo, float hi, int device, uintptr_t stream) {
   const cu::DevArray a = to_dev(fold);
-  py::gil_scoped_release nogil;
-  cu::accumulate_fold(a, sum, ent, logits, device, stream);
+  if (a.ndim != 4) throw std::invalid_argument("fold must be [C, X, Y, Z]");
+  cu::CheckResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = cu::accumulate_fold(a, old_sum, new_sum, old_ent, new_ent, logits, lo, hi, device, stream);
+  }
+  return result_dict(r);
 }
 
 void score_maps(const py::tuple& src, float src_div, int kind, const std::vector<int>& classes, const py::object& mfe,
@@ -324,17 +334,11 @@ void claspe_register_cuda(py::module_& m) {
         cu::stream_synchronize(device, stream);
       },
       py::arg("device"), py::arg("stream"));
-  m.def(
-      "cuda_memset_zero",
-      [](uintptr_t ptr, int64_t bytes, int device, uintptr_t stream) {
-        py::gil_scoped_release nogil;
-        cu::memset_zero(ptr, bytes, device, stream);
-      },
-      py::arg("ptr"), py::arg("bytes"), py::arg("device"), py::arg("stream"));
   m.def("cuda_check", &check, py::arg("array"), py::arg("lo"), py::arg("hi"), py::arg("sum_axis0"),
         py::arg("device"), py::arg("stream"), "value checks (NaN/Inf/range/channel sums); synchronizes");
-  m.def("cuda_accumulate", &accumulate, py::arg("fold"), py::arg("sum"), py::arg("ent_sum"), py::arg("logits"),
-        py::arg("device"), py::arg("stream"));
+  m.def("cuda_accumulate", &accumulate, py::arg("fold"), py::arg("old_sum"), py::arg("new_sum"), py::arg("old_ent"),
+        py::arg("new_ent"), py::arg("logits"), py::arg("lo"), py::arg("hi"), py::arg("device"), py::arg("stream"),
+        "new = old + fold (softmax with logits) and the fold's checks in one pass; synchronizes; returns the checks");
   m.def("cuda_score_maps", &score_maps, py::arg("src"), py::arg("src_div"), py::arg("kind"), py::arg("classes"),
         py::arg("mfe"), py::arg("mfe_div"), py::arg("out"), py::arg("device"), py::arg("stream"));
   m.def(
@@ -356,7 +360,7 @@ void claspe_register_cuda(py::module_& m) {
   // host emulation of the kernel bodies (tests without a GPU); arrays are numpy, results numpy
   m.def(
       "cuda_emulate_accumulate",
-      [](const py::array& fold, py::array_t<float>& sum, py::object ent, bool logits) {
+      [](const py::array& fold, py::array_t<float>& sum, py::object ent, bool logits, bool first, float lo, float hi) {
         const cu::DevArray f = host_view(fold, "fold");
         if (f.ndim != 4) throw std::invalid_argument("fold must be [C, X, Y, Z]");
         if (!(sum.flags() & py::array::c_style) || sum.size() != f.size())
@@ -369,9 +373,11 @@ void claspe_register_cuda(py::module_& m) {
             throw std::invalid_argument("ent_sum must be a C-contiguous float32 [X, Y, Z] array");
           e = ea.mutable_data();
         }
-        cu::emulate_accumulate_fold(f, sum.mutable_data(), e, logits);
+        float* s = sum.mutable_data();  // in place on the host: new = old (+ p)
+        return result_dict(cu::emulate_accumulate_fold(f, first ? nullptr : s, s, first ? nullptr : e, e, logits, lo, hi));
       },
-      py::arg("fold"), py::arg("sum"), py::arg("ent_sum"), py::arg("logits"));
+      py::arg("fold"), py::arg("sum"), py::arg("ent_sum"), py::arg("logits"), py::arg("first"), py::arg("lo"),
+      py::arg("hi"));
   m.def(
       "cuda_emulate_score_maps",
       [](const py::array& src, float src_div, int kind, const std::vector<int>& classes, py::object mfe,

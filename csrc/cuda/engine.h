@@ -47,8 +47,6 @@ int pointer_device(uintptr_t ptr);
 std::string runtime_version();
 std::string driver_version();
 void stream_synchronize(int device, uintptr_t stream);
-// cudaMemsetAsync(ptr, 0, bytes) on the stream.
-void memset_zero(uintptr_t ptr, int64_t bytes, int device, uintptr_t stream);
 
 // ---- value checks (one pass; synchronizes the stream to read the result back) ------------------
 struct CheckResult {
@@ -62,10 +60,16 @@ struct CheckResult {
 CheckResult check_values(const DevArray& a, double lo, double hi, bool sum_axis0, int device, uintptr_t stream);
 
 // ---- kernels -------------------------------------------------------------------------------------
-// sum[c, v] += p_c(v) for the fold [C, X, Y, Z] (f32/f16), p = softmax(fold) when logits else fold;
-// with ent_sum != 0 also ent_sum[v] += H(p(v)).  sum: float32 [C, X*Y*Z], ent_sum: float32 [X*Y*Z].
-void accumulate_fold(const DevArray& fold, uintptr_t sum, uintptr_t ent_sum, bool logits, int device,
-                     uintptr_t stream);
+// Adds one fold [C, X, Y, Z] (f32/f16) out of place and checks it in the same pass:
+//   new_sum[c, v] = old_sum[c, v] + p_c(v),  p = softmax(fold) when logits else fold
+//   new_ent[v]    = old_ent[v] + H(p(v))     (when new_ent != 0)
+// old_sum/old_ent == 0 means the first fold (0 + p).  sum: float32 [C, X*Y*Z], ent: float32 [X*Y*Z],
+// C-contiguous.  Returns the checks of the fold (NaN/Inf always; for probabilities also values
+// outside [lo, hi] and the max |channel sum - 1|); synchronizes the stream to read them.  When a
+// check fails the caller discards new_sum/new_ent, so the accumulator stays unchanged while every
+// fold is read only once.
+CheckResult accumulate_fold(const DevArray& fold, uintptr_t old_sum, uintptr_t new_sum, uintptr_t old_ent,
+                            uintptr_t new_ent, bool logits, float lo, float hi, int device, uintptr_t stream);
 
 enum ScoreKind : int { kPE = 0, kClassPE = 1, kBALD = 2, kExpectedEntropy = 3 };
 // out [K, X, Y, Z] float32 from mean = src / src_div ([C, X, Y, Z], f32/f16) and, for BALD/expected
@@ -106,7 +110,8 @@ void copy_key_prefixes_to_host(uintptr_t keys, int64_t K, int64_t n, int64_t cou
 // strides and arithmetic against claspe/reference.py on machines without a GPU; the launch
 // configuration, the device memory handling and the CUB sort (replaced by std::sort of the same
 // keys) are only exercised on a GPU (tests marked `gpu`).
-void emulate_accumulate_fold(const DevArray& fold, float* sum, float* ent_sum, bool logits);
+CheckResult emulate_accumulate_fold(const DevArray& fold, const float* old_sum, float* new_sum, const float* old_ent,
+                                    float* new_ent, bool logits, float lo, float hi);
 void emulate_score_maps(const DevArray& src, float src_div, int kind, const std::vector<int>& classes,
                         const DevArray* mfe, float mfe_div, float* out);
 void emulate_box_mean(const DevArray& maps, const int64_t patch[3], const int64_t stride[3], float* out);

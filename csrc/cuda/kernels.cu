@@ -70,13 +70,6 @@ void stream_synchronize(int device, uintptr_t stream) {
   check_cuda(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
 }
 
-void memset_zero(uintptr_t ptr, int64_t bytes, int device, uintptr_t stream) {
-  if (bytes <= 0) return;
-  DeviceGuard g(device);
-  check_cuda(cudaMemsetAsync(reinterpret_cast<void*>(ptr), 0, static_cast<size_t>(bytes), as_stream(stream)),
-             "cudaMemsetAsync");
-}
-
 // ---------------------------------------------------------------------------------------------
 // value checks
 // ---------------------------------------------------------------------------------------------
@@ -157,12 +150,41 @@ CLASPE_KHD float ld<__half>(const __half* p, int64_t off) {
   return half_at(p, off);
 }
 
-// One voxel v of the fold accumulation (shared by the kernel and the host emulation).
+// One voxel v of the fold accumulation with the fold's checks in the same pass (shared by the kernel
+// and the host emulation).  new_sum = old_sum + p (old_sum == nullptr: the first fold, 0 + p), and
+// new_ent = old_ent + H(p) with ENT.  The checks are those of ops._check_probabilities /
+// ops._check_finite on the input values: NaN/Inf; for probabilities also each value against
+// [lo, hi] and the float32 channel sum's distance to 1 (max over voxels in maxdev).
 template <typename T, bool CONTIG, bool LOGITS, bool ENT>
-CLASPE_KHD void accumulate_voxel(const View& f, int64_t v, int64_t N, int64_t C, float* sum, float* ent) {
+CLASPE_KHD void accumulate_voxel(const View& f, int64_t v, int64_t N, int64_t C, const float* old_sum, float* new_sum,
+                                 const float* old_ent, float* new_ent, float lo, float hi, unsigned& flags,
+                                 float& maxdev) {
   const T* in = reinterpret_cast<const T*>(f.p);
   const int64_t cs = CONTIG ? N : f.s[0];
   const int64_t base = CONTIG ? v : offset3(f, v);
+  const float kInf = bits_float(0x7f800000u);
+  float chk = 0.0f;
+  for (int64_t c = 0; c < C; ++c) {
+    const float x = ld<T>(in, base + c * cs);
+    if (x != x)
+      flags |= kNaN;
+    else if (x == kInf)
+      flags |= kPosInf;
+    else if (x == -kInf)
+      flags |= kNegInf;
+    if (!LOGITS) {
+      if (x < lo) flags |= kBelow;
+      if (x > hi) flags |= kAbove;
+      chk = chk + x;
+    }
+  }
+  if (!LOGITS) {
+    const float d = fabsf(chk - 1.0f);
+    if (d != d)
+      maxdev = kInf;
+    else if (d > maxdev)
+      maxdev = d;
+  }
   float h = 0.0f;
   if (LOGITS) {
     // reference.softmax: mx = max_c x_c; e_c = expf(x_c - mx); s = sum_c e_c; p_c = e_c / s.
@@ -176,65 +198,103 @@ CLASPE_KHD void accumulate_voxel(const View& f, int64_t v, int64_t N, int64_t C,
     for (int64_t c = 0; c < C; ++c) s = s + expf_portable(ld<T>(in, base + c * cs) - mx);
     for (int64_t c = 0; c < C; ++c) {
       const float p = expf_portable(ld<T>(in, base + c * cs) - mx) / s;
-      sum[c * N + v] = sum[c * N + v] + p;
+      new_sum[c * N + v] = (old_sum ? old_sum[c * N + v] : 0.0f) + p;
       if (ENT) h = h + plogp(p);
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const float p = ld<T>(in, base + c * cs);
-      sum[c * N + v] = sum[c * N + v] + p;
+      new_sum[c * N + v] = (old_sum ? old_sum[c * N + v] : 0.0f) + p;
       if (ENT) h = h + plogp(p);
     }
   }
-  if (ENT) ent[v] = ent[v] + (-h);
+  if (ENT) new_ent[v] = (old_ent ? old_ent[v] : 0.0f) + (-h);
 }
 
+struct AccArgs {
+  const float* old_sum;
+  float* new_sum;
+  const float* old_ent;
+  float* new_ent;
+  float lo, hi;
+};
+
 template <typename T, bool CONTIG, bool LOGITS, bool ENT>
-__global__ void k_accumulate(View f, int64_t N, int64_t C, float* __restrict__ sum, float* __restrict__ ent) {
+__global__ void k_accumulate(View f, int64_t N, int64_t C, AccArgs a, unsigned* flags, unsigned* maxdev_bits) {
+  unsigned fl = 0;
+  float dev = 0.0f;
   for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < N;
        v += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    accumulate_voxel<T, CONTIG, LOGITS, ENT>(f, v, N, C, sum, ent);
+    accumulate_voxel<T, CONTIG, LOGITS, ENT>(f, v, N, C, a.old_sum, a.new_sum, a.old_ent, a.new_ent, a.lo, a.hi, fl,
+                                             dev);
+  if (fl) atomicOr(flags, fl);
+  if (dev > 0.0f) atomicMax(maxdev_bits, __float_as_uint(dev));
 }
 
 template <typename T, bool CONTIG>
-static void launch_accumulate(const View& f, int64_t N, int64_t C, float* sum, float* ent, bool logits,
+static void launch_accumulate(const View& f, int64_t N, int64_t C, const AccArgs& a, bool logits, unsigned* d,
                               cudaStream_t st) {
   const unsigned nb = blocks_for(N);
+  const bool ent = a.new_ent != nullptr;
   if (logits) {
     if (ent)
-      k_accumulate<T, CONTIG, true, true><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+      k_accumulate<T, CONTIG, true, true><<<nb, kThreads, 0, st>>>(f, N, C, a, d, d + 1);
     else
-      k_accumulate<T, CONTIG, true, false><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+      k_accumulate<T, CONTIG, true, false><<<nb, kThreads, 0, st>>>(f, N, C, a, d, d + 1);
   } else {
     if (ent)
-      k_accumulate<T, CONTIG, false, true><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+      k_accumulate<T, CONTIG, false, true><<<nb, kThreads, 0, st>>>(f, N, C, a, d, d + 1);
     else
-      k_accumulate<T, CONTIG, false, false><<<nb, kThreads, 0, st>>>(f, N, C, sum, ent);
+      k_accumulate<T, CONTIG, false, false><<<nb, kThreads, 0, st>>>(f, N, C, a, d, d + 1);
   }
 }
 
-void accumulate_fold(const DevArray& fold, uintptr_t sum, uintptr_t ent_sum, bool logits, int device,
-                     uintptr_t stream) {
+static CheckResult to_result(unsigned fl, unsigned devbits) {
+  CheckResult r;
+  r.nan = fl & kNaN;
+  r.posinf = fl & kPosInf;
+  r.neginf = fl & kNegInf;
+  r.below = fl & kBelow;
+  r.above = fl & kAbove;
+  float dev;
+  memcpy(&dev, &devbits, sizeof dev);
+  r.max_sum_dev = dev;
+  return r;
+}
+
+CheckResult accumulate_fold(const DevArray& fold, uintptr_t old_sum, uintptr_t new_sum, uintptr_t old_ent,
+                            uintptr_t new_ent, bool logits, float lo, float hi, int device, uintptr_t stream) {
   if (fold.dtype != kF32 && fold.dtype != kF16) throw std::invalid_argument("fold must be float32 or float16");
   DeviceGuard g(device);
   const cudaStream_t st = as_stream(stream);
   const View f = make_view(fold);
   const int64_t C = fold.shape[0];
   const int64_t N = fold.shape[1] * fold.shape[2] * fold.shape[3];
-  float* s = reinterpret_cast<float*>(sum);
-  float* e = reinterpret_cast<float*>(ent_sum);
-  if (fold.dtype == kF16) {
-    if (f.contig)
-      launch_accumulate<__half, true>(f, N, C, s, e, logits, st);
-    else
-      launch_accumulate<__half, false>(f, N, C, s, e, logits, st);
-  } else {
-    if (f.contig)
-      launch_accumulate<float, true>(f, N, C, s, e, logits, st);
-    else
-      launch_accumulate<float, false>(f, N, C, s, e, logits, st);
+  AccArgs a{reinterpret_cast<const float*>(old_sum), reinterpret_cast<float*>(new_sum),
+            reinterpret_cast<const float*>(old_ent), reinterpret_cast<float*>(new_ent), lo, hi};
+  unsigned* d = nullptr;
+  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&d), 2 * sizeof(unsigned), st), "cudaMallocAsync");
+  unsigned h[2] = {0, 0};
+  cudaError_t err = cudaMemsetAsync(d, 0, 2 * sizeof(unsigned), st);
+  if (err == cudaSuccess) {
+    if (fold.dtype == kF16) {
+      if (f.contig)
+        launch_accumulate<__half, true>(f, N, C, a, logits, d, st);
+      else
+        launch_accumulate<__half, false>(f, N, C, a, logits, d, st);
+    } else {
+      if (f.contig)
+        launch_accumulate<float, true>(f, N, C, a, logits, d, st);
+      else
+        launch_accumulate<float, false>(f, N, C, a, logits, d, st);
+    }
+    err = cudaGetLastError();
   }
-  CLASPE_CHECK_LAUNCH("accumulate_fold");
+  if (err == cudaSuccess) err = cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, st);
+  cudaFreeAsync(d, st);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(st);
+  check_cuda(err, "accumulate_fold");
+  return to_result(h[0], h[1]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,38 +523,51 @@ void power_noise(const DevArray& scores, double beta, uint64_t seed, uint32_t lo
 // ---------------------------------------------------------------------------------------------
 
 template <typename T, bool CONTIG>
-static void emulate_acc_t(const View& f, int64_t N, int64_t C, float* sum, float* ent, bool logits) {
+static void emulate_acc_t(const View& f, int64_t N, int64_t C, const AccArgs& a, bool logits, unsigned& fl,
+                          float& dev) {
+  const bool ent = a.new_ent != nullptr;
   for (int64_t v = 0; v < N; ++v) {
     if (logits) {
       if (ent)
-        accumulate_voxel<T, CONTIG, true, true>(f, v, N, C, sum, ent);
+        accumulate_voxel<T, CONTIG, true, true>(f, v, N, C, a.old_sum, a.new_sum, a.old_ent, a.new_ent, a.lo, a.hi,
+                                                fl, dev);
       else
-        accumulate_voxel<T, CONTIG, true, false>(f, v, N, C, sum, ent);
+        accumulate_voxel<T, CONTIG, true, false>(f, v, N, C, a.old_sum, a.new_sum, a.old_ent, a.new_ent, a.lo, a.hi,
+                                                 fl, dev);
     } else {
       if (ent)
-        accumulate_voxel<T, CONTIG, false, true>(f, v, N, C, sum, ent);
+        accumulate_voxel<T, CONTIG, false, true>(f, v, N, C, a.old_sum, a.new_sum, a.old_ent, a.new_ent, a.lo, a.hi,
+                                                 fl, dev);
       else
-        accumulate_voxel<T, CONTIG, false, false>(f, v, N, C, sum, ent);
+        accumulate_voxel<T, CONTIG, false, false>(f, v, N, C, a.old_sum, a.new_sum, a.old_ent, a.new_ent, a.lo,
+                                                  a.hi, fl, dev);
     }
   }
 }
 
-void emulate_accumulate_fold(const DevArray& fold, float* sum, float* ent_sum, bool logits) {
+CheckResult emulate_accumulate_fold(const DevArray& fold, const float* old_sum, float* new_sum, const float* old_ent,
+                                    float* new_ent, bool logits, float lo, float hi) {
   if (fold.dtype != kF32 && fold.dtype != kF16) throw std::invalid_argument("fold must be float32 or float16");
   const View f = make_view(fold);
   const int64_t C = fold.shape[0];
   const int64_t N = fold.shape[1] * fold.shape[2] * fold.shape[3];
+  const AccArgs a{old_sum, new_sum, old_ent, new_ent, lo, hi};
+  unsigned fl = 0;
+  float dev = 0.0f;
   if (fold.dtype == kF16) {
     if (f.contig)
-      emulate_acc_t<__half, true>(f, N, C, sum, ent_sum, logits);
+      emulate_acc_t<__half, true>(f, N, C, a, logits, fl, dev);
     else
-      emulate_acc_t<__half, false>(f, N, C, sum, ent_sum, logits);
+      emulate_acc_t<__half, false>(f, N, C, a, logits, fl, dev);
   } else {
     if (f.contig)
-      emulate_acc_t<float, true>(f, N, C, sum, ent_sum, logits);
+      emulate_acc_t<float, true>(f, N, C, a, logits, fl, dev);
     else
-      emulate_acc_t<float, false>(f, N, C, sum, ent_sum, logits);
+      emulate_acc_t<float, false>(f, N, C, a, logits, fl, dev);
   }
+  unsigned bits;
+  memcpy(&bits, &dev, sizeof bits);
+  return to_result(fl, bits);
 }
 
 void emulate_score_maps(const DevArray& src, float src_div, int kind, const std::vector<int>& classes,
