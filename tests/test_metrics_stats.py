@@ -89,7 +89,7 @@ def test_ppm_bad_input():
 
 
 @given(arrays(np.float64, (3, 4, 5), elements=st.floats(0, 1)), st.sampled_from([None, "holm"]))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 def test_ppm_antisymmetry_and_permutation(data, corr):
     res = {"p": data[0], "q": data[1], "r": data[2]}
     methods, m = metrics.penalty_matrix(res, correction=corr)

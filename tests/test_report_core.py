@@ -145,6 +145,11 @@ def test_partial_results_are_reported(report_dir):
     assert "unfinished: Random 33% FG seed 12347" in md
     runs = pd.read_csv(page.parent / "runs.csv")
     assert len(runs[(runs.method == "Random 33% FG") & (runs.seed == 12347)]) == 2 * 3  # in the curves
+    per_class = pd.read_csv(page.parent / "per_class_dice.csv")
+    assert len(per_class) == 2 * len(runs)  # two classes per loop result
+    merged = per_class.groupby(["setting", "method", "seed", "loop"])["dice"].mean().reset_index().merge(
+        runs, on=["setting", "method", "seed", "loop"])
+    np.testing.assert_allclose(merged["dice"], merged["mean_dice"], atol=1e-12)  # Mean Dice = class mean
 
 
 def test_report_single_run_and_bad_folders(tmp_path):
