@@ -95,6 +95,8 @@ class nnActiveTrainer(nnUNetTrainer):  # noqa: N801 - nnU-Net naming
     ITERATIONS = 250
     VAL_ITERATIONS = 50
     MIRRORING = True
+    PLOT_EVERY = 10
+    PLOT_LAST = True
 
     preprocessed_dataset_folder_base = _folder_property("preprocessed_dataset_folder_base")
     preprocessed_dataset_folder = _folder_property("preprocessed_dataset_folder")
@@ -113,6 +115,16 @@ class nnActiveTrainer(nnUNetTrainer):  # noqa: N801 - nnU-Net naming
         self.compile_network = bool(self.__dict__.get("_claspe_compile", False))
         self.epoch_hook: Callable[[int], None] | None = None
         self.progress = False
+        # nnU-Net redraws a large progress.png after every epoch (seconds on a CPU); we draw it every
+        # PLOT_EVERY epochs and after the last one
+        plot = self.logger.plot_progress_png
+
+        def plot_sometimes(folder):
+            e = self.current_epoch
+            if (e + 1) % self.PLOT_EVERY == 0 or (self.PLOT_LAST and e >= self.num_epochs - 1):
+                plot(folder)
+
+        self.logger.plot_progress_png = plot_sometimes
 
     # --- configuration -------------------------------------------------------------------------------
     @classmethod
@@ -235,12 +247,14 @@ class nnActiveTrainer_NoMirroring_200epochs(nnActiveTrainer):  # noqa: N801
 
 class nnActiveTrainer_tiny(nnActiveTrainer):  # noqa: N801
     """For tests and the demo: 2 epochs x 3 iterations (1 validation iteration), batch 2, a narrow
-    network, patch <= 48 voxels per axis, checkpoint every epoch."""
+    network, patch <= 48 voxels per axis, checkpoint every epoch, no progress.png."""
 
     NUM_EPOCHS = 2
     ITERATIONS = 3
     VAL_ITERATIONS = 1
     MAX_PATCH = 48
+    PLOT_EVERY = 10**9  # no progress.png (it costs more than the training)
+    PLOT_LAST = False
 
     def __init__(self, plans, configuration, fold, dataset_json, device=_CPU):
         super().__init__(plans, configuration, fold, dataset_json, device)

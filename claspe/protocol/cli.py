@@ -154,7 +154,8 @@ def _cmd_demo(args) -> int:
 
     t0 = time.time()
     res = run_demo(args.out, n_cases=args.cases, loops=args.loops, folds=args.folds, seed=args.seed,
-                   strategies=tuple(args.strategies), device=args.device, progress=_progress(args))
+                   strategies=tuple(args.strategies), device=args.device, eval_tta=args.eval_tta,
+                   progress=_progress(args))
     s = res["settings"]
     print(f"settings from `claspe plan` rule: patch {s['patch_size']}, query size {s['query_size']}, "
           f"starting budget {s['starting_budget_size']}, stride {s['agg_stride']}, "
@@ -248,6 +249,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--strategies", nargs="+", default=["clasp_pe", "random_fg66"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--eval-tta", action="store_true", help="mirroring TTA in the held-out evaluation (8x slower)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
