@@ -242,7 +242,7 @@ def register(subparsers) -> None:
         description="Synthetic data, prepare, `claspe plan` settings, ClaSP PE and Random 66%% FG for a few loops "
                     "with the tiny nnU-Net trainer on the CPU; prints Dice per loop, writes a budget-curve PNG and "
                     "(when claspe.report is installed) an HTML report.")
-    p.add_argument("--out", default="claspe-demo", help="output folder (default ./claspe-demo; resumable)")
+    p.add_argument("--out", default="claspe_demo", help="output folder (default ./claspe_demo; resumable)")
     p.add_argument("--cases", type=int, default=12)
     p.add_argument("--loops", type=int, default=3)
     p.add_argument("--folds", type=int, default=2)

@@ -85,7 +85,7 @@ def budget_curve_png(rows: list[dict], path: str | os.PathLike, *, title: str = 
     return path
 
 
-def run_demo(out_dir: str | os.PathLike = "claspe-demo", *, n_cases: int = 12, loops: int = 3, folds: int = 2,
+def run_demo(out_dir: str | os.PathLike = "claspe_demo", *, n_cases: int = 12, loops: int = 3, folds: int = 2,
              seed: int = 12345, strategies: tuple[str, ...] = DEMO_STRATEGIES, device: str = "cpu",
              trainer: str = "nnActiveTrainer_tiny", eval_tta: bool = False, progress: bool = True) -> dict:
     """Runs the demo into ``out_dir`` (resumable: running it again reuses what is done).
