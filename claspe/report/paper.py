@@ -24,6 +24,7 @@ preset names (``clasp_pe``).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import os
@@ -197,7 +198,14 @@ class Names:
 
 
 def names(root: Path | None = None) -> Names:
-    root = root or paper_dir()
+    """Alias tables for methods and datasets (cached per folder and file modification times)."""
+    root = Path(root or paper_dir())
+    stamp = tuple((root / f).stat().st_mtime_ns for f in ("methods.csv", "settings.csv", "full_data_dice.csv"))
+    return _names(root, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _names(root: Path, _stamp: tuple) -> Names:
     meth = {}
     for r in load_methods(root):
         for k in ("paper_name", "nnactive_name", "claspe_name"):
