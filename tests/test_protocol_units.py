@@ -209,3 +209,32 @@ def test_cli_run_needs_dataset_and_strategy(tmp_path, capsys):
 
     assert main(["run", "--data-root", str(tmp_path)]) == 2
     assert "--dataset and --strategy" in capsys.readouterr().err
+
+
+# --- demo outputs ---------------------------------------------------------------------------------------
+
+
+def test_demo_table_and_budget_curve(tmp_path):
+    from claspe.data.io import write_json
+    from claspe.protocol.config import result_path
+    from claspe.protocol.demo import budget_curve_png, format_table, results_table
+
+    exps = []
+    for strat, dice in (("clasp_pe", [0.2, 0.4]), ("random_fg66", [0.1, None])):
+        cfg = ExperimentConfig(dataset="D", strategy=strat, query_size=4, patch_size=4, query_steps=2)
+        e = tmp_path / cfg.name
+        write_json(e / "experiment.json", cfg.to_json())
+        for k, d in enumerate(dice):
+            write_json(result_path(e, k), {"loop": k, "n_patches": 4 * (k + 1), "annotated_voxels": 64 * (k + 1),
+                                           "annotated_fg_voxels": 10, "pool_fg_voxels": 100, "fg_fraction": 0.1,
+                                           "dice_per_class": {"1": d, "2": d}, "mean_dice": d, "per_case": {}})
+        exps.append(e)
+    rows = results_table(exps)
+    assert [(r["strategy"], r["loop"], r["n_patches"]) for r in rows] == [
+        ("clasp_pe", 0, 4), ("clasp_pe", 1, 8), ("random_fg66", 0, 4), ("random_fg66", 1, 8)]
+    table = format_table(rows)
+    lines = table.splitlines()
+    assert "meanDice" in lines[0] and "dice_2" in lines[0] and len(lines) == 6
+    assert "0.400" in lines[3] and "nan" in lines[5]
+    png = budget_curve_png(rows, tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
