@@ -108,6 +108,8 @@ class nnActiveTrainer(nnUNetTrainer):  # noqa: N801 - nnU-Net naming
         plans = self.adapt_plans(plans, configuration)
         with contextlib.redirect_stdout(io.StringIO()):
             super().__init__(plans, configuration, fold, dataset_json, device)
+        if device.type == "cuda" and not self.is_ddp:
+            self.device = device  # nnU-Net would force cuda:0; we honour cuda:N
         self.num_epochs = self.NUM_EPOCHS
         self.num_iterations_per_epoch = self.ITERATIONS
         self.num_val_iterations_per_epoch = self.VAL_ITERATIONS
