@@ -305,3 +305,17 @@ def test_every_op_routes_gpu_arrays_to_the_cuda_backend(call):
     g = HostAsGPU(np.full((1, 2, 3, 3), 1.0, np.float32))
     with pytest.raises(ValueError, match="is not CUDA device memory"):
         call(g)
+
+
+def test_score_maps_match_the_cpu_engine_bits_including_signed_zeros():
+    """One-hot voxels give PE = -0.0 and BALD = max(-0.0 - 0, 0): same bits as the CPU engine."""
+    rng = np.random.default_rng(21)
+    mean = _probs(rng, (4, 6, 5, 4))
+    mean[:, 0] = 0
+    mean[1, 0] = 1  # one-hot plane
+    mfe = np.zeros(mean.shape[1:], np.float32)
+    mfe[1:] = rng.random(mfe[1:].shape).astype(np.float32)
+    for score, cls in KINDS:
+        cpu = ops.score_maps(mean, score, cls or None, mean_fold_entropy=mfe, backend="cpu")
+        emu = C_.cuda_emulate_score_maps(mean, np.float32(1), ops.SCORES.index(score), cls, mfe, np.float32(1))
+        assert np.array_equal(emu.view(np.uint32), cpu.view(np.uint32)), score

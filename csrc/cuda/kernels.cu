@@ -14,6 +14,7 @@
 
 #include "common/philox.h"
 #include "common/portable_math.h"
+#include "common/scores.h"
 #include "cuda/device_util.cuh"
 #include "cuda/engine.h"
 
@@ -326,9 +327,7 @@ CLASPE_KHD void score_voxel(const View& src, int64_t v, int64_t N, int64_t C, fl
       out[cls.n * N + v] = pe;
       break;
     case kBALD: {
-      const float m = load_f(mfe, offset3(mfe, v)) / mfe_div;
-      const float d = pe - m;
-      out[v] = (d >= 0.0f) ? d : 0.0f;  // np.maximum(d, 0)
+      out[v] = bald_score(pe, load_f(mfe, offset3(mfe, v)) / mfe_div);  // common/scores.h
       break;
     }
     default:  // expected entropy
