@@ -331,7 +331,11 @@ def load_spec(path: str | Path) -> GridSpec:
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError:
+                raise ValueError(f"grid spec {p}: TOML needs Python >= 3.11 (or the tomli package); "
+                                 "use a .yaml spec") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
