@@ -51,6 +51,15 @@ def test_list_shows_status(spec, capsys):
     assert not (spec.parent / "out").exists()  # --list creates nothing
 
 
+def test_list_names_datasets_that_are_not_ready(spec, capsys):
+    spec.write_text(SPEC.replace("datasets: [{name: Dataset001_A, patch_size: 8}]",
+                                 "datasets: [{name: Dataset001_A, patch_size: 8}, {name: Dataset002_B, patch_size: 8}]"))
+    assert main(["grid", str(spec), "--list"]) == 1
+    out = capsys.readouterr().out
+    assert "4 experiments: 0 finished, 0 partial, 4 new" in out
+    assert "not ready: unknown dataset 'Dataset002_B'" in out and "Dataset001_A'" not in out.split("not ready")[1]
+
+
 def test_bad_spec_is_a_clear_error(spec, capsys):
     spec.write_text(SPEC.replace("strategies: [random, pred_entropy]", "strategies: [random, pred_entropi]"))
     assert main(["grid", str(spec), "--list"]) == 2

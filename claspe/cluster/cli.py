@@ -99,13 +99,15 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_grid)
 
 
-def _print_list(root, rows) -> None:
+def _print_list(root, rows, problems) -> None:
     print(f"grid folder: {root}")
     w = max((len(e.name) for e, _ in rows), default=10)
     for e, st in rows:
         print(f"  {e.name:<{w}}  {st}")
     counts = {k: sum(1 for _, s in rows if s == k) for k in ("finished", "partial", "new")}
     print(f"{len(rows)} experiments: {counts['finished']} finished, {counts['partial']} partial, {counts['new']} new")
+    for p in problems:
+        print(f"not ready: {p}")
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
@@ -113,9 +115,9 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     from claspe.cluster.runner import LocalOptions, SlurmOptions, SlurmUnavailableError
 
     if args.list:
-        root, rows = plan(args.spec, out=args.out, data_root=args.data_root)
-        _print_list(root, rows)
-        return 0
+        root, rows, problems = plan(args.spec, out=args.out, data_root=args.data_root)
+        _print_list(root, rows, problems)
+        return 1 if problems else 0
     spec, _ = resolve(args.spec, out=args.out, data_root=args.data_root)
     local = LocalOptions(max_parallel=args.max_parallel or max(1, len(args.gpus)), gpus=tuple(args.gpus))
     slurm = SlurmOptions(partition=args.partition, time_min=args.time, mem_gb=args.mem,

@@ -22,6 +22,7 @@ from claspe.cluster.runner import (
 from claspe.cluster.spec import (
     GridEntry,
     GridSpec,
+    check_datasets,
     dataset_root,
     entries_to_json,
     expand,
@@ -112,11 +113,19 @@ def prepare_sources(spec: GridSpec, *, progress: bool = True) -> list[Path]:
     return done
 
 
-def plan(spec: GridSpec | str | Path, *, out=None, data_root=None) -> tuple[Path, list[tuple[GridEntry, str]]]:
-    """Every entry with its status (``finished``/``partial``/``new``), without running anything."""
+def plan(spec: GridSpec | str | Path, *, out=None, data_root=None
+         ) -> tuple[Path, list[tuple[GridEntry, str]], list[str]]:
+    """Every entry with its status (``finished``/``partial``/``new``), without running anything, and
+    the problems a run would stop at (datasets neither prepared nor with a source)."""
     spec, root = resolve(spec, out=out, data_root=data_root)
-    entries = expand(spec)
-    return root, [(e, experiment_status(e, root)) for e in entries]
+    entries = expand(spec, check_data=False)
+    problems = []
+    for ds in spec.datasets:
+        try:
+            check_datasets(replace(spec, datasets=(ds,)))
+        except FileNotFoundError as exc:
+            problems.append(str(exc))
+    return root, [(e, experiment_status(e, root)) for e in entries], problems
 
 
 def _report(grid_root: Path) -> Path | None:
