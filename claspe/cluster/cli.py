@@ -27,7 +27,7 @@ and retried by running the same command again. Exit status: 0 when every experim
 1 when some failed, 2 for bad input or SLURM not reachable.
 
 examples:
-  claspe grid grid.yaml --list                       # what would run, and what is finished
+  claspe grid grid.yaml --list                       # what would run, what is finished (exit 1: data not ready)
   claspe grid grid.yaml --max-parallel 2             # local processes
   claspe grid grid.yaml --executor slurm --partition gpu --time 2-00:00:00 --mem 64 \\
       --container claspe.sif --max-parallel 20       # SLURM array, one GPU per task, in Apptainer
