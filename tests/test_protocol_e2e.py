@@ -268,6 +268,15 @@ def test_too_many_folds_is_a_clear_error(prepared, tmp_path):
         run()
 
 
+@pytest.mark.parametrize("kw,match", [({"strategy": "no_such_strategy"}, "no_such_strategy"),
+                                      ({"trainer": "nnUNetTrainer"}, "unknown trainer")])
+def test_unknown_strategy_or_trainer_fails_before_training(prepared, tmp_path, kw, match):
+    run = _fresh_exp(prepared, tmp_path, None, **kw)
+    with pytest.raises(ValueError, match=match):
+        run()
+    assert not list(tmp_path.rglob("loop_000.json"))
+
+
 def test_unprepared_dataset_is_a_clear_error(tmp_path):
     from claspe.protocol.experiment import run_experiment
 

@@ -118,6 +118,11 @@ class _Run:
         self.ignore_label = max(int(v) for v in labels.values()) + 1
         self.gt = GroundTruth(self.ds_dir / "labelsTr", self.pool_files)
         self.n_channels = len(dj["channel_names"])
+        from claspe.nnunet.trainers import get_trainer_class
+        from claspe.strategies import get_strategy
+
+        get_strategy(config.strategy)  # unknown names fail now, not after the first training
+        get_trainer_class(config.trainer)
         folds = int(config.folds)
         if folds > len(self.pool_files) or folds > max(1, int(config.starting_budget_size)):
             raise ValueError(f"too few cases for {folds}-fold cross-validation: the pool of {config.dataset} has "
