@@ -12,13 +12,15 @@
 #     (hash-checked, staged in container/wheels/); the index's CA bundle and pip configuration are
 #     BuildKit secrets (never in the image)
 #  5. docker run --network=none (as the image's non-root user): `claspe info`, a query-engine smoke
-#     test (compiled engine == NumPy reference), `claspe demo` with /results mounted
+#     test (compiled engine == NumPy reference), `claspe demo` with /results mounted (CI size:
+#     DEMO_ARGS, default `--loops 2 --strategies clasp_pe`: one query with the engine and a
+#     retraining; `--demo-args ""` runs the full default demo, ~3x longer)
 #  6. optional: pytest -m container against the running engine (--pytest PYTHON), docker save (--save TAR)
 #
-# Usage: container/ci_build.sh [--pytest PYTHON] [--save TAR] [--no-demo]
+# Usage: container/ci_build.sh [--pytest PYTHON] [--save TAR] [--no-demo] [--demo-args "ARGS"]
 # Environment: CLASPE_CONTAINER_CACHE (default ~/.cache/claspe-container: debootstrap tarball and the
 # engine's layer store, so a second run reuses them), CLASPE_IMAGE (default claspe:ci),
-# DEBIAN_MIRROR (default http://deb.debian.org/debian).
+# DEBIAN_MIRROR (default http://deb.debian.org/debian), CLASPE_DEMO_ARGS (like --demo-args).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,13 +31,15 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_PKGS=python3,python3-venv,python3-dev,build-essential,ca-certificates
 LOCK=requirements-cpu.lock
 PYTEST_PY="" SAVE="" DEMO=1
+DEMO_ARGS=${CLASPE_DEMO_ARGS---loops 2 --strategies clasp_pe}
 
 while (($#)); do
     case "$1" in
         --pytest) PYTEST_PY=${2:?--pytest needs a python}; shift 2 ;;
         --save) SAVE=${2:?--save needs a path}; shift 2 ;;
         --no-demo) DEMO=0; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --demo-args) DEMO_ARGS=${2?--demo-args needs a value}; shift 2 ;;
+        -h|--help) sed -n "2,23p" "$0"; exit 0 ;;
         *) echo "ci_build.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -75,6 +79,7 @@ cleanup() {
     if ((rc != 0)) && [[ -f "$RUN_DIR/dockerd.log" ]]; then
         log "dockerd log (last 20 lines):"; tail -n 20 "$RUN_DIR/dockerd.log" >&2 || true
     fi
+    if [[ -f "$RUN_DIR/build.log" ]]; then cp "$RUN_DIR/build.log" "$CACHE/last-build.log" 2>/dev/null || true; fi
     rm -rf "$RUN_DIR/exec" "$RUN_DIR/rootfs" 2>/dev/null || true
     rm -rf "$RUN_DIR" 2>/dev/null || true
     log "done (exit $rc)"
@@ -93,7 +98,7 @@ for _ in $(seq 120); do
     sleep 0.5
 done
 $DOCKER version >/dev/null || die "dockerd did not come up"
-log "dockerd pid $DOCKERD_PID, $($DOCKER version --format 'server {{.Server.Version}}, client {{.Client.Version}}')"
+log "load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; dockerd pid $DOCKERD_PID, $($DOCKER version --format 'server {{.Server.Version}}, client {{.Client.Version}}')"
 
 # ---- 3. local base image --------------------------------------------------------------------
 key=$(printf '%s|%s|%s|minbase' "$SUITE" "$BASE_PKGS" "$MIRROR" | sha256sum | cut -c1-12)
@@ -114,6 +119,7 @@ if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$TARBALL" "$BASE" >/dev/null
 fi
 log "base image $BASE ($($DOCKER run --rm --network=none "$BASE" python3 --version))"
+T_BASE=$((SECONDS - T0))
 
 # ---- 4. the image ---------------------------------------------------------------------------
 HELP="python3 $ROOT/container/ci_helpers.py"
@@ -132,6 +138,7 @@ $DOCKER build --network=host --progress=plain -f "$ROOT/container/Dockerfile" \
     "${secrets[@]}" -t "$IMAGE" "$ROOT" >"$RUN_DIR/build.log" 2>&1 \
     || { tail -n 60 "$RUN_DIR/build.log" >&2; die "docker build failed"; }
 grep -E '^#[0-9]+ (DONE|CACHED)|install.sh' "$RUN_DIR/build.log" | tail -n 25 >&2 || true
+T_BUILD=$((SECONDS - T0))
 size=$($DOCKER image inspect -f '{{.Size}}' "$IMAGE")
 log "built $IMAGE: $((size / 1000000)) MB, user $($DOCKER image inspect -f '{{.Config.User}}' "$IMAGE")"
 
@@ -154,8 +161,10 @@ if ((DEMO)); then
     if run "$IMAGE" demo --help >/dev/null 2>&1; then
         mkdir -p "$RUN_DIR/results"
         chown "$uid" "$RUN_DIR/results"
-        log "claspe demo (no network, /results mounted)"
-        run -v "$RUN_DIR/results:/results" -e OMP_NUM_THREADS=2 "$IMAGE" demo
+        log "claspe demo $DEMO_ARGS (no network, /results mounted)"
+        # shellcheck disable=SC2086  # DEMO_ARGS is a list of words
+        run -v "$RUN_DIR/results:/results" -e OMP_NUM_THREADS=2 "$IMAGE" demo --no-progress $DEMO_ARGS
+        T_DEMO=$((SECONDS - T0))
         n=$(find "$RUN_DIR/results" -type f | wc -l)
         ((n > 0)) || die "claspe demo wrote nothing under /results"
         log "claspe demo wrote $n files"
@@ -174,4 +183,5 @@ if [[ -n "$SAVE" ]]; then
     log "docker save $IMAGE -> $SAVE"
     $DOCKER save -o "$SAVE" "$IMAGE"
 fi
-log "OK: $IMAGE built and checked in $((SECONDS - T0)) s"
+log "OK: $IMAGE built and checked in $((SECONDS - T0)) s (base ready at ${T_BASE}s, image built at ${T_BUILD}s," \
+    "demo done at ${T_DEMO:-n/a}s; load average now $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -59,13 +59,36 @@ phase_deps() {
     [[ -f "$lock" ]] || { log "lock file not found: $lock"; exit 1; }
     if [[ -f /run/secrets/pip_cert ]]; then export PIP_CERT=/run/secrets/pip_cert; fi
     if [[ -f /run/secrets/pip_conf ]]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi
-    local args=(--no-cache-dir --disable-pip-version-check --require-hashes --no-deps -r "$lock")
+    local args=(--disable-pip-version-check --require-hashes --no-deps)
+    # a BuildKit cache mount may provide PIP_CACHE_DIR (not part of the image); else no cache
+    [[ -n "${PIP_CACHE_DIR:-}" ]] || args+=(--no-cache-dir)
     if [[ -n "$wheels" ]] && compgen -G "$wheels/*.whl" >/dev/null; then
         log "local wheels: $(cd "$wheels" && echo *.whl)"
         args+=(--find-links "$wheels")
     fi
     python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install "${args[@]}"
+    # The build backend first (hash-checked, from the lock), then everything with
+    # --no-build-isolation: the few sdist-only packages are built with it, not with the unpinned,
+    # unhashed build requirements that pip's build isolation would download.
+    local backend
+    backend=$(mktemp)
+    python3 - "$lock" "$backend" <<'PY'
+import re, sys
+entries, cur = [], []
+for line in open(sys.argv[1]).read().splitlines():
+    if re.match(r"^[A-Za-z0-9]", line):
+        cur = [line]
+        entries.append(cur)
+    elif line.lstrip().startswith("--hash") and cur:
+        cur.append(line)
+keep = [e for e in entries if re.match(r"^(setuptools|wheel)==", e[0])]
+if len(keep) != 2:
+    sys.exit("the lock must pin setuptools and wheel (the build backend of sdist-only packages)")
+open(sys.argv[2], "w").write("\n".join(line for e in keep for line in e) + "\n")
+PY
+    "$VENV/bin/python" -m pip install "${args[@]}" -r "$backend"
+    rm -f "$backend"
+    "$VENV/bin/python" -m pip install "${args[@]}" --no-build-isolation -r "$lock"
     "$VENV/bin/python" -m pip check
     log "installed $("$VENV/bin/python" -m pip list --format=freeze --disable-pip-version-check | wc -l) packages into $VENV"
 }
