@@ -37,6 +37,10 @@ inline int64_t padded(int64_t n) { return (n + 15) & ~int64_t(15); }
 // n = yt*Z voxels flattened as (y, z).  Long contiguous segments keep the hardware prefetchers busy.
 constexpr int64_t kYTile = 8;
 
+// Below this many voxel-channel reads a kernel runs on the calling thread: waking the OpenMP team
+// costs more than the work, and much more on a loaded machine (results do not depend on it).
+constexpr int64_t kParallelMinWork = 1 << 20;
+
 // Converts line (c, x, y, 0..n-1) of `a` to float32.
 inline void load_line(const View4& a, int64_t c, int64_t x, int64_t y, int64_t n, float* dst) {
   const char* p = a.data + c * a.strides[0] + x * a.strides[1] + y * a.strides[2];
@@ -526,8 +530,9 @@ void plane_pass(Producer& prod, int64_t x, int64_t K, int64_t X, int64_t Y, int6
 
 template <class MakeProducer>
 void run_planes(MakeProducer make, int64_t K, int64_t X, int64_t Y, int64_t Z, const BoxSpec& box, int64_t x0,
-                int64_t x1, double* t2) {
-#pragma omp parallel
+                int64_t x1, double* t2, int64_t reads_per_voxel) {
+  const int64_t work = (x1 - x0) * Y * Z * reads_per_voxel;
+#pragma omp parallel if (work >= kParallelMinWork)
   {
     auto prod = make();
     PlaneScratch sc;
@@ -539,10 +544,10 @@ void run_planes(MakeProducer make, int64_t K, int64_t X, int64_t Y, int64_t Z, c
 
 // Runs fn(x, y0, yt, check) over all segments of an [*, X, Y, *] volume in parallel; merges checks.
 template <class MakeFn>
-CheckResult for_segments(int64_t X, int64_t Y, MakeFn make) {
+CheckResult for_segments(int64_t X, int64_t Y, int64_t work, MakeFn make) {
   CheckResult total;
   const int64_t ty = (Y + kYTile - 1) / kYTile;
-#pragma omp parallel
+#pragma omp parallel if (work >= kParallelMinWork)
   {
     CheckResult mine;
     auto fn = make();
@@ -586,7 +591,7 @@ BoxSpec make_box_spec(const int64_t dims[3], const int64_t patch[3], const int64
 
 CheckResult check_probs(const View4& p, float tol) {
   const Thresholds th(tol);
-  return for_segments(p.shape[1], p.shape[2], [&]() {
+  return for_segments(p.shape[1], p.shape[2], p.shape[0] * p.shape[1] * p.shape[2] * p.shape[3], [&]() {
     return [&, buf = SegBuffers(p.shape[0], p.shape[3])](int64_t x, int64_t y0, int64_t yt,
                                                          CheckResult& r) mutable {
       buf.load(p, x, y0, yt);
@@ -596,7 +601,7 @@ CheckResult check_probs(const View4& p, float tol) {
 }
 
 CheckResult check_finite(const View4& a) {
-  return for_segments(a.shape[1], a.shape[2], [&]() {
+  return for_segments(a.shape[1], a.shape[2], a.shape[0] * a.shape[1] * a.shape[2] * a.shape[3], [&]() {
     return [&, buf = SegBuffers(a.shape[0], a.shape[3])](int64_t x, int64_t y0, int64_t yt,
                                                          CheckResult& r) mutable {
       buf.load(a, x, y0, yt);
@@ -609,7 +614,7 @@ CheckResult fold_add(const View4& fold, bool logits, float tol, float* sum, floa
   CheckResult r = logits ? check_finite(fold) : check_probs(fold, tol);
   if (r.flags) return r;  // nothing written
   const int64_t C = fold.shape[0], X = fold.shape[1], Y = fold.shape[2], Z = fold.shape[3];
-  for_segments(X, Y, [&]() {
+  for_segments(X, Y, C * X * Y * Z, [&]() {
     return [&, buf = SegBuffers(C, Z)](int64_t x, int64_t y0, int64_t yt, CheckResult&) mutable {
       const int64_t n = yt * Z;
       buf.load(fold, x, y0, yt);
@@ -630,7 +635,7 @@ CheckResult fold_add(const View4& fold, bool logits, float tol, float* sum, floa
 void acc_maps(const View4& sum, const View4* entsum, float n, const ScoreSpec& spec, float* out) {
   const int64_t X = sum.shape[1], Y = sum.shape[2], Z = sum.shape[3];
   const int64_t K = spec.n_maps();
-  for_segments(X, Y, [&]() {
+  for_segments(X, Y, sum.shape[0] * X * Y * Z, [&]() {
     return [&, prod = AccProducer(sum, entsum, n, spec),
             rows = std::vector<const float*>(K)](int64_t x, int64_t y0, int64_t yt, CheckResult&) mutable {
       prod.segment(x, y0, yt, rows.data());
@@ -642,13 +647,14 @@ void acc_maps(const View4& sum, const View4* entsum, float n, const ScoreSpec& s
 
 void box_planes_maps(const View4& maps, const BoxSpec& box, int64_t x0, int64_t x1, double* t2) {
   const int64_t K = maps.shape[0], X = maps.shape[1], Y = maps.shape[2], Z = maps.shape[3];
-  run_planes([&]() { return MapsProducer(maps); }, K, X, Y, Z, box, x0, x1, t2);
+  run_planes([&]() { return MapsProducer(maps); }, K, X, Y, Z, box, x0, x1, t2, K);
 }
 
 void box_planes_acc(const View4& sum, const View4* entsum, float n, const ScoreSpec& spec, const BoxSpec& box,
                     int64_t x0, int64_t x1, double* t2) {
   const int64_t X = sum.shape[1], Y = sum.shape[2], Z = sum.shape[3];
-  run_planes([&]() { return AccProducer(sum, entsum, n, spec); }, spec.n_maps(), X, Y, Z, box, x0, x1, t2);
+  run_planes([&]() { return AccProducer(sum, entsum, n, spec); }, spec.n_maps(), X, Y, Z, box, x0, x1, t2,
+             sum.shape[0] + 1);
 }
 
 std::vector<CheckResult> box_planes_folds(const std::vector<View4>& folds, bool logits, float tol,
@@ -658,7 +664,7 @@ std::vector<CheckResult> box_planes_folds(const std::vector<View4>& folds, bool 
   const View4& f0 = folds[0];
   const int64_t X = f0.shape[1], Y = f0.shape[2], Z = f0.shape[3];
   run_planes([&]() { return FoldsProducer(folds, logits, tol, spec, &total); }, spec.n_maps(), X, Y, Z, box, x0,
-             x1, t2);
+             x1, t2, static_cast<int64_t>(folds.size()) * f0.shape[0]);
   return total;
 }
 
@@ -668,7 +674,7 @@ void box_x_pass(const double* t2, int64_t K, int64_t X, const BoxSpec& box, floa
   const double vol = static_cast<double>(box.patch[0] * box.patch[1] * box.patch[2]);
   constexpr int64_t kBlock = 512;
   const int64_t nb = (m + kBlock - 1) / kBlock;
-#pragma omp parallel
+#pragma omp parallel if (K * m * X >= kParallelMinWork)
   {
     std::vector<double> px, acc(kBlock);
 #pragma omp for schedule(dynamic, 1)
