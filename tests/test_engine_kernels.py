@@ -328,8 +328,12 @@ def test_selection_large_grid_partial_ranking():
 
 
 def test_one_and_two_threads_identical():
+    # sizes above the engine's serial threshold (2**20 reads per kernel, 2**16 noise elements), so
+    # the 2-thread runs really run in parallel
     rng = np.random.default_rng(9)
-    folds = [(rng.standard_normal((4, 24, 20, 33)) * 4).astype(np.float32) for _ in range(3)]
+    shape = (4, 80, 80, 64)
+    folds = [(rng.standard_normal(shape) * 4).astype(np.float32) for _ in range(3)]
+    patch, stride = (7, 6, 5), (2, 1, 1)
     outs = []
     for n in (1, 2):
         with ops.threads(n):
@@ -337,12 +341,12 @@ def test_one_and_two_threads_identical():
             acc = ops.FoldAccumulator(track_fold_entropy=True, backend="cpu")
             for f in folds:
                 acc.add(f, logits=True)
-            fused = ops.fold_box_scores(folds, score="bald", patch=(7, 6, 5), stride=(2, 3, 1), logits=True)
+            fused = ops.fold_box_scores(folds, score="bald", patch=patch, stride=stride, logits=True)
             maps = acc.score_maps("class_pe", [1, 3])
-            box = ops.box_mean(maps, (7, 6, 5), (2, 3, 1))
+            box = ops.box_mean(maps, patch, stride)
+            assert box[0].size >= 2**16
             noise = ops.power_noise(box, 3.0, seed=1, loop=2, image=3, key=1)
-            sel = ops.select_patches(noise, patch=(7, 6, 5), stride=(2, 3, 1), volume_shape=(24, 20, 33),
-                                     quotas=[4, 4, 4])
+            sel = ops.select_patches(noise, patch=patch, stride=stride, volume_shape=shape[1:], quotas=[4, 4, 4])
             outs.append([acc.fold_sum, fused, maps, box, noise] + [a for s in sel for a in s])
     for a, b in zip(*outs):
         assert_same(a, b)
