@@ -188,7 +188,7 @@ def test_resume_after_sigkill_in_annotate_train_predict(prepared, tmp_path):
     exp = tmp_path / "exps" / cfg.name
     args = [sys.executable, "-c", _RUN, json.dumps(cfg.to_json()), str(prepared.parent), str(tmp_path / "exps")]
     killed, snapshots = [], []
-    deadline = time.time() + 500
+    deadline = time.time() + 850
     while True:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         seen = set(os.listdir(markers)) if markers.exists() else set()

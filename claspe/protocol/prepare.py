@@ -57,11 +57,6 @@ def prepare_dataset(raw_dir: str | os.PathLike, data_root: str | os.PathLike, *,
     from claspe.protocol.splits import heldout_split
 
     raw_dir = Path(raw_dir).absolute()
-    info = load_dataset(raw_dir, check="deep")
-    if info.has_regions:
-        raise ValueError(f"{raw_dir}: region-based labels are not supported by the AL protocol")
-    if info.ignore_label is not None:
-        raise ValueError(f"{raw_dir}: the raw dataset already has an 'ignore' label; the protocol adds its own")
     name = name or raw_dir.name
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"invalid prepared dataset name {name!r}")
@@ -76,6 +71,11 @@ def prepare_dataset(raw_dir: str | os.PathLike, data_root: str | os.PathLike, *,
             return target
         if not overwrite:
             raise FileExistsError(f"{target} exists and was prepared with other settings; pass overwrite=True")
+    info = load_dataset(raw_dir, check="deep")
+    if info.has_regions:
+        raise ValueError(f"{raw_dir}: region-based labels are not supported by the AL protocol")
+    if info.ignore_label is not None:
+        raise ValueError(f"{raw_dir}: the raw dataset already has an 'ignore' label; the protocol adds its own")
     train, val = heldout_split(info.case_ids, test_size=test_size, seed=seed, level_separator=level_separator)
     data_root.mkdir(parents=True, exist_ok=True)
     tmp = data_root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
