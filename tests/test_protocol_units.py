@@ -238,3 +238,11 @@ def test_demo_table_and_budget_curve(tmp_path):
     assert "0.400" in lines[3] and "nan" in lines[5]
     png = budget_curve_png(rows, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_public_api_is_lazy():
+    code = ("import sys, claspe.protocol as p; light = 'SimpleITK' not in sys.modules and 'torch' not in sys.modules; "
+            "from claspe.protocol import run_experiment, is_finished, prepare_dataset; "
+            "print(light, run_experiment.__module__, is_finished.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "claspe.protocol.experiment", "claspe.protocol.config"]
