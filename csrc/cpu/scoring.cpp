@@ -102,68 +102,91 @@ struct Thresholds {
 #define CLASPE_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 
 // One channel of the probability check, fused with the fold-sum update:
-//   ssum = (c == 0 ? 0 : ssum) + v;  acc = (first ? 0 : acc) + v  (acc may be null);  flags.
-template <bool kFirstChannel, bool kFirstFold>
-inline void prob_channel(const float* v, float* ssum, float* acc, int64_t n, float lo, float hi, int& bad_nf,
-                         int& bad_rng) {
-  int nf = 0, rng = 0;
-  if (acc) {
-    for (int64_t z0 = 0; z0 < n; z0 += 64) {
-      const int64_t z1 = z0 + 64 < n ? z0 + 64 : n;
-      CLASPE_PREFETCH(v + z0 + n);
-      CLASPE_PREFETCH(v + z0 + n + 16);
-      CLASPE_PREFETCH(v + z0 + n + 32);
-      CLASPE_PREFETCH(v + z0 + n + 48);
-#pragma omp simd reduction(| : nf, rng)
-      for (int64_t z = z0; z < z1; ++z) {
-        const float x = v[z];
-        ssum[z] = (kFirstChannel ? 0.0f : ssum[z]) + x;
-        acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
-        nf |= !(fabsf(x) <= FLT_MAX);
-        rng |= (x < lo) | (x > hi);
-      }
-    }
-  } else {
-#pragma omp simd reduction(| : nf, rng)
-    for (int64_t z = 0; z < n; ++z) {
+//   s = (first channel ? 0 : ssum) + v;   acc = (first fold ? 0 : acc) + v   (acc may be null);
+//   running min/max of v (range check);  on the last channel the running max of |s - 1| is taken
+//   (and s is not stored) and `bad` is set where !(|s - 1| <= tol): a NaN or +-inf anywhere in a
+//   voxel's channels makes its sum NaN or inf, so non-finite values are caught by the sum (the
+//   precise kind of problem is found on the error path).  Per element: 1 load, 2 adds, min, max.
+template <bool kFirstChannel, bool kFirstFold, bool kLastChannel, bool kAcc>
+inline void prob_channel(const float* v, float* ssum, float* acc, int64_t n, float tolf, int& bad, float& maxdev,
+                         float& vmin, float& vmax) {
+  int b = 0;
+  float md = maxdev, mn = vmin, mx = vmax;
+  for (int64_t z0 = 0; z0 < n; z0 += 64) {
+    const int64_t z1 = z0 + 64 < n ? z0 + 64 : n;
+    CLASPE_PREFETCH(v + z0 + n);
+    CLASPE_PREFETCH(v + z0 + n + 16);
+    CLASPE_PREFETCH(v + z0 + n + 32);
+    CLASPE_PREFETCH(v + z0 + n + 48);
+#pragma omp simd reduction(| : b) reduction(max : md, mx) reduction(min : mn)
+    for (int64_t z = z0; z < z1; ++z) {
       const float x = v[z];
-      ssum[z] = (kFirstChannel ? 0.0f : ssum[z]) + x;
-      nf |= !(fabsf(x) <= FLT_MAX);
-      rng |= (x < lo) | (x > hi);
+      const float s = (kFirstChannel ? 0.0f : ssum[z]) + x;
+      if (kLastChannel) {
+        const float d = fabsf(s - 1.0f);
+        md = d > md ? d : md;
+        b |= !(d <= tolf);
+      } else {
+        ssum[z] = s;
+      }
+      if (kAcc) acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
+      mn = x < mn ? x : mn;
+      mx = x > mx ? x : mx;
     }
   }
-  bad_nf |= nf;
-  bad_rng |= rng;
+  bad |= b;
+  maxdev = md;
+  vmin = mn;
+  vmax = mx;
+}
+
+template <bool kFirstChannel, bool kLastChannel>
+inline void prob_channel_dispatch(const float* v, float* ssum, float* acc, bool first, int64_t n, float tolf,
+                                  int& bad, float& md, float& mn, float& mx) {
+  if (acc) {
+    if (first)
+      prob_channel<kFirstChannel, true, kLastChannel, true>(v, ssum, acc, n, tolf, bad, md, mn, mx);
+    else
+      prob_channel<kFirstChannel, false, kLastChannel, true>(v, ssum, acc, n, tolf, bad, md, mn, mx);
+  } else {
+    prob_channel<kFirstChannel, false, kLastChannel, false>(v, ssum, acc, n, tolf, bad, md, mn, mx);
+  }
 }
 
 // Probability checks of C channel rows src[c] (n voxels), optionally adding them to acc rows
 // (acc + c*astride): finite, within [lo, hi], |sum_c - 1| <= tol (float32 sum over c in order).
 inline void check_probs_seg(const float* const* src, int64_t C, int64_t n, const Thresholds& th, float* ssum,
                             float* acc, int64_t astride, bool first, CheckResult& r) {
-  int bad_nf = 0, bad_rng = 0;
+  int bad = 0;
+  float md = r.maxdev, mn = 0.0f, mx = 0.0f;
+  const float tolf = static_cast<float>(th.tol);
   for (int64_t c = 0; c < C; ++c) {
     float* a = acc ? acc + c * astride : nullptr;
-    if (c == 0) {
-      if (first)
-        prob_channel<true, true>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
-      else
-        prob_channel<true, false>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
-    } else {
-      if (first)
-        prob_channel<false, true>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
-      else
-        prob_channel<false, false>(src[c], ssum, a, n, th.lo, th.hi, bad_nf, bad_rng);
-    }
-  }
-  float md = r.maxdev;
-#pragma omp simd reduction(max : md)
-  for (int64_t z = 0; z < n; ++z) {
-    const float d = fabsf(ssum[z] - 1.0f);
-    md = d > md ? d : md;
+    const bool f = c == 0, l = c == C - 1;
+    if (f && l)
+      prob_channel_dispatch<true, true>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+    else if (f)
+      prob_channel_dispatch<true, false>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+    else if (l)
+      prob_channel_dispatch<false, true>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+    else
+      prob_channel_dispatch<false, false>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
   }
   r.maxdev = md;
-  if (bad_nf) r.flags |= kFlagNonFinite;
-  if (bad_rng) r.flags |= kFlagOutOfRange;
+  if (bad || mn < th.lo || mx > th.hi) {  // error path: find the kinds precisely
+    for (int64_t z = 0; z < n; ++z) {
+      float s = 0.0f;
+      for (int64_t c = 0; c < C; ++c) {
+        const float x = src[c][z];
+        s = s + x;
+        if (!(fabsf(x) <= FLT_MAX))
+          r.flags |= kFlagNonFinite;
+        else if (x < th.lo || x > th.hi)
+          r.flags |= kFlagOutOfRange;
+      }
+      if (!(static_cast<double>(fabsf(s - 1.0f)) <= th.tol)) r.flags |= kFlagBadSum;
+    }
+  }
   if (static_cast<double>(md) > th.tol) r.flags |= kFlagBadSum;
 }
 
