@@ -529,10 +529,11 @@ def fold_box_scores(
             return _fold_box_scores_cpu(arrays, mapped, score, cls, patch, stride, bool(logits), planes_per_block)
         acc = FoldAccumulator(track_fold_entropy=score in ("bald", "expected_entropy"), backend="numpy")
         for m, a in enumerate(arrays):
-            try:
-                acc.add(a, logits=logits)
-            except ValueError as exc:
-                raise ValueError(f"fold {m}: {exc}") from exc
+            if logits:  # same messages as the CPU path (add() checks again: this is the slow fallback)
+                _check_finite(a, f"fold {m} logits")
+            else:
+                _check_probabilities(a, f"fold {m}")
+            acc.add(a, logits=logits)
         return acc.box_scores(score, cls, patch=patch, stride=stride)
     finally:
         arrays = a = item = None  # drop views of the mapped files before unmapping them
