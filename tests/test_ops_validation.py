@@ -3,6 +3,8 @@ the compiled CPU backend and on the NumPy backend alike; a failed add leaves the
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -47,8 +49,9 @@ def test_bad_folds_rejected_and_accumulator_unchanged(backend, mutate, logits, m
     np.testing.assert_array_equal(acc.fold_sum, before[0])
     np.testing.assert_array_equal(acc.mean_fold_entropy(), before[1])
     assert acc.n_folds == before[2]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match="fold 1") as err:  # names the bad fold
         ops.fold_box_scores([good, bad], patch=2, logits=logits, backend=backend)
+    assert re.search(match, str(err.value))
     # a failing first fold leaves an empty accumulator
     fresh = ops.FoldAccumulator(backend=backend)
     with pytest.raises(ValueError, match=match):
