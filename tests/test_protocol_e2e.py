@@ -34,7 +34,10 @@ TINY = "nnActiveTrainer_tiny"
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     raw = make_synthetic_dataset(root / "raw", n_cases=10, seed=0, shape=(20, 32, 32))
-    return prepare_dataset(raw, root / "data", progress=False)
+    from claspe.cli import main  # through the CLI: `claspe prepare RAW --data-root DIR`
+
+    assert main(["prepare", str(raw), "--data-root", str(root / "data"), "--no-progress"]) == 0
+    return root / "data" / raw.name
 
 
 def _cfg(prepared, **kw):
