@@ -32,6 +32,7 @@ BASE_PKGS=python3,python3-venv,python3-dev,build-essential,ca-certificates
 LOCK=requirements-cpu.lock
 PYTEST_PY="" SAVE="" DEMO=1
 DEMO_ARGS=${CLASPE_DEMO_ARGS---loops 2 --strategies clasp_pe}
+DEMO_AT="demo skipped"
 
 while (($#)); do
     case "$1" in
@@ -164,7 +165,7 @@ if ((DEMO)); then
         log "claspe demo $DEMO_ARGS (no network, /results mounted)"
         # shellcheck disable=SC2086  # DEMO_ARGS is a list of words
         run -v "$RUN_DIR/results:/results" -e OMP_NUM_THREADS=2 "$IMAGE" demo --no-progress $DEMO_ARGS
-        T_DEMO=$((SECONDS - T0))
+        DEMO_AT="demo done at $((SECONDS - T0))s"
         n=$(find "$RUN_DIR/results" -type f | wc -l)
         ((n > 0)) || die "claspe demo wrote nothing under /results"
         log "claspe demo wrote $n files"
@@ -184,4 +185,4 @@ if [[ -n "$SAVE" ]]; then
     $DOCKER save -o "$SAVE" "$IMAGE"
 fi
 log "OK: $IMAGE built and checked in $((SECONDS - T0)) s (base ready at ${T_BASE}s, image built at ${T_BUILD}s," \
-    "demo done at ${T_DEMO:-n/a}s; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
+    "$DEMO_AT; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
