@@ -286,3 +286,48 @@ def test_unprepared_dataset_is_a_clear_error(tmp_path):
     cfg = ExperimentConfig(dataset="Dataset000_None", strategy="clasp_pe", query_size=4, patch_size=4)
     with pytest.raises(FileNotFoundError, match="claspe prepare"):
         run_experiment(cfg, data_root=tmp_path, exp_root=tmp_path / "e", progress=False)
+
+
+def test_concurrent_experiments_and_exclusive_lock(prepared, tmp_path):
+    """Two different experiments run at the same time in two processes; a third process asking for
+    an experiment that is being run gets a clear error instead of corrupting it."""
+    from claspe.protocol.experiment import run_experiment
+
+    a = _cfg(prepared, strategy="random_fg66", query_steps=1, folds=1, seed=1)
+    b = _cfg(prepared, strategy="random_fg66", query_steps=1, folds=1, seed=2)
+    markers = tmp_path / "markers"
+    exps = tmp_path / "exps"
+
+    def start(cfg, pause):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("CLASPE_TEST_PAUSE", None)
+        if pause:
+            env["CLASPE_TEST_PAUSE"] = f"train:{markers}"
+        return subprocess.Popen([sys.executable, "-c", _RUN, json.dumps(cfg.to_json()), str(prepared.parent),
+                                 str(exps)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    pa, pb = start(a, True), start(b, False)
+    try:
+        deadline = time.time() + 600
+        while not (markers / "train").exists():
+            assert pa.poll() is None, pa.stdout.read().decode()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        with pytest.raises(RuntimeError, match="another process"):
+            run_experiment(a, data_root=prepared.parent, exp_root=exps, progress=False)
+        assert pb.wait(timeout=600) == 0, pb.stdout.read().decode()[-3000:]
+        assert is_finished(exps / b.name)
+        assert not is_finished(exps / a.name)
+    finally:
+        for p in (pa, pb):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # once the holder is gone the experiment resumes and finishes here
+    run_experiment(a, data_root=prepared.parent, exp_root=exps, progress=False)
+    assert is_finished(exps / a.name)
+    ra = json.loads(result_path(exps / a.name, 0).read_text())
+    rb = json.loads(result_path(exps / b.name, 0).read_text())
+    assert ra["n_patches"] == rb["n_patches"] == 8
+    la, lb = read_loop(loop_path(exps / a.name, 0)), read_loop(loop_path(exps / b.name, 0))
+    assert la != lb  # different seeds, different starting budgets, separate folders
