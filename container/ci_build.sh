@@ -168,7 +168,8 @@ if ((DEMO)); then
         DEMO_AT="demo done at $((SECONDS - T0))s"
         n=$(find "$RUN_DIR/results" -type f | wc -l)
         ((n > 0)) || die "claspe demo wrote nothing under /results"
-        log "claspe demo wrote $n files"
+        find "$RUN_DIR/results" -name '*.png' | grep -q . || die "claspe demo wrote no budget-curve PNG"
+        log "claspe demo wrote $n files: $(cd "$RUN_DIR/results" && find . -maxdepth 2 -name '*.png' -o -maxdepth 3 -name '*.html' | tr '\n' ' ')"
     else
         die "the image has no 'claspe demo' command (use --no-demo to skip it)"
     fi
@@ -180,6 +181,9 @@ if [[ -n "$PYTEST_PY" ]]; then
     CLASPE_IMAGE="$IMAGE" CLASPE_DOCKER="$DOCKER" CLASPE_BASE_IMAGE="$BASE" \
         "$PYTEST_PY" -m pytest -m container -q "$ROOT"/tests/test_container_*.py -p no:cacheprovider
 fi
+# keep the cache bounded: old image versions and build cache beyond a few GB
+$DOCKER image prune -f >/dev/null || true
+$DOCKER builder prune -f --keep-storage 6gb >/dev/null || true
 if [[ -n "$SAVE" ]]; then
     log "docker save $IMAGE -> $SAVE"
     $DOCKER save -o "$SAVE" "$IMAGE"
