@@ -294,7 +294,8 @@ def test_concurrent_experiments_and_exclusive_lock(prepared, tmp_path):
     from claspe.protocol.experiment import run_experiment
 
     a = _cfg(prepared, strategy="random_fg66", query_steps=1, folds=1, seed=1)
-    b = _cfg(prepared, strategy="random_fg66", query_steps=1, folds=1, seed=2)
+    b = _cfg(prepared, strategy="random_fg66", query_steps=1, folds=1, seed=2,
+             extra={"eval_tta": True, "n_proc_da": 1})  # also: TTA evaluation, a data-augmentation worker
     markers = tmp_path / "markers"
     exps = tmp_path / "exps"
 
