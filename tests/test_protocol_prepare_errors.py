@@ -112,3 +112,30 @@ def test_load_prepared_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="incomplete"):
         load_prepared(tmp_path, "half")
 
+
+
+def test_cli_prepare_imports_msd_task_folders(raw_template, tmp_path, capsys):
+    """An MSD task folder is converted (claspe.data.import_msd) before preparing; the 2-case task is then
+    refused by the held-out split, which shows the import ran without paying for nnU-Net planning."""
+    from claspe.cli import main
+
+    task = tmp_path / "Task42_Synth"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    training = []
+    for case in ("synth_000", "synth_001"):
+        shutil.copyfile(raw_template / "imagesTr" / f"{case}_0000.nii.gz", task / "imagesTr" / f"{case}.nii.gz")
+        shutil.copyfile(raw_template / "labelsTr" / f"{case}.nii.gz", task / "labelsTr" / f"{case}.nii.gz")
+        training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "Synth", "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "organ", "2": "lesion", "3": "vessel"},
+        "numTraining": 2, "training": training, "test": []}))
+    data = tmp_path / "data"
+    assert main(["prepare", str(task), "--data-root", str(data), "--dataset-id", "42", "--no-progress"]) == 2
+    assert "too few cases" in capsys.readouterr().err
+    imported = data / ".raw" / "Dataset042_Synth"
+    assert sorted(p.name for p in (imported / "imagesTr").glob("*.nii.gz")) == [
+        "synth_000_0000.nii.gz", "synth_001_0000.nii.gz"]
+    assert main(["prepare", str(task), "--data-root", str(data), "--no-progress"]) == 2
+    assert "dataset_id" in capsys.readouterr().err
