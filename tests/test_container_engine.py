@@ -115,6 +115,14 @@ def test_runs_read_only_as_any_user():
 
 
 @requires_image
+def test_python3_is_the_venv():
+    """`claspe grid --container` runs `apptainer exec IMAGE python3 ...`: python3 must be the venv's."""
+    res = docker_run("--entrypoint", "python3", IMAGE, "-c", "import sys, claspe; print(sys.prefix)")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "/opt/claspe/venv"
+
+
+@requires_image
 def test_bad_command_fails_cleanly():
     res = docker_run(IMAGE, "no-such-command")
     assert res.returncode != 0
