@@ -35,7 +35,10 @@ inline int64_t padded(int64_t n) { return (n + 15) & ~int64_t(15); }
 
 // y-lines per segment: a segment is lines y0..y0+yt-1 (yt <= kYTile) of one x-plane, all z, i.e.
 // n = yt*Z voxels flattened as (y, z).  Long contiguous segments keep the hardware prefetchers busy.
-constexpr int64_t kYTile = 8;
+#ifndef CLASPE_YTILE
+#define CLASPE_YTILE 8
+#endif
+constexpr int64_t kYTile = CLASPE_YTILE;
 
 // Below this many voxel-channel reads a kernel runs on the calling thread: waking the OpenMP team
 // costs more than the work, and much more on a loaded machine (results do not depend on it).
@@ -267,8 +270,10 @@ inline void add_row(float* dst, const float* src, int64_t n, bool first) {
 }
 
 // Score map rows out + k*ostride from fold-sum rows s[c], entropy-sum row e, fold count mf.
+// tmp: (C + 1) * tstride floats of scratch (PE row, then the fold means of the channels that class
+// maps use, each computed once).
 inline void maps_from_sums(const float* const* s, const float* e, int64_t C, int64_t n, float mf,
-                           const ScoreSpec& spec, float* tmp, float* out, int64_t ostride) {
+                           const ScoreSpec& spec, float* tmp, int64_t tstride, float* out, int64_t ostride) {
   if (spec.kind == kScoreExpectedEntropy) {
 #pragma omp simd
     for (int64_t z = 0; z < n; ++z) out[z] = e[z] / mf;
@@ -277,7 +282,25 @@ inline void maps_from_sums(const float* const* s, const float* e, int64_t C, int
   float* pe = tmp;
   for (int64_t c = 0; c < C; ++c) {
     const float* v = s[c];
-    if (c == 0) {
+    bool keep = false;
+    if (spec.kind == kScoreClassPE)
+      for (int cls : spec.classes) keep = keep || cls == c;
+    float* m = tmp + (1 + c) * tstride;
+    if (keep) {
+      if (c == 0) {
+#pragma omp simd
+        for (int64_t z = 0; z < n; ++z) {
+          m[z] = v[z] / mf;
+          pe[z] = 0.0f + plogp(m[z]);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t z = 0; z < n; ++z) {
+          m[z] = v[z] / mf;
+          pe[z] = pe[z] + plogp(m[z]);
+        }
+      }
+    } else if (c == 0) {
 #pragma omp simd
       for (int64_t z = 0; z < n; ++z) pe[z] = 0.0f + plogp(v[z] / mf);
     } else {
@@ -293,10 +316,10 @@ inline void maps_from_sums(const float* const* s, const float* e, int64_t C, int
     for (int64_t z = 0; z < n; ++z) pe[z] = -pe[z];
     const int64_t nc = static_cast<int64_t>(spec.classes.size());
     for (int64_t j = 0; j < nc; ++j) {
-      const float* v = s[spec.classes[j]];
+      const float* m = tmp + (1 + spec.classes[j]) * tstride;
       float* o = out + j * ostride;
 #pragma omp simd
-      for (int64_t z = 0; z < n; ++z) o[z] = pe[z] * (v[z] / mf);
+      for (int64_t z = 0; z < n; ++z) o[z] = pe[z] * m[z];
     }
     memcpy(out + nc * ostride, pe, static_cast<size_t>(n) * 4);
   } else {  // BALD
@@ -341,7 +364,7 @@ struct AccProducer {
       : sum(sum_), ent(ent_), mf(n), spec(spec_), C(sum_.shape[0]), np(padded(kYTile * sum_.shape[3])) {
     sb.resize(C * np);
     eb.resize(np);
-    tmp.resize(np);
+    tmp.resize((C + 1) * np);
     out.resize(spec.n_maps() * np);
     s.resize(C);
   }
@@ -350,7 +373,7 @@ struct AccProducer {
     if (spec.kind != kScoreExpectedEntropy)
       for (int64_t c = 0; c < C; ++c) s[c] = seg_ptr(sum, c, x, y0, yt, sb.data() + c * np);
     const float* e = score_needs_fold_entropy(spec.kind) ? seg_ptr(*ent, 0, x, y0, yt, eb.data()) : nullptr;
-    maps_from_sums(s.data(), e, C, n, mf, spec, tmp.data(), out.data(), np);
+    maps_from_sums(s.data(), e, C, n, mf, spec, tmp.data(), np, out.data(), np);
     for (int64_t k = 0; k < spec.n_maps(); ++k) rows[k] = out.data() + k * np;
   }
   void finish() {}
@@ -363,7 +386,7 @@ struct FoldsProducer {
   const ScoreSpec& spec;
   bool track;
   int64_t C, np;
-  std::vector<float> b, s, e, h, t1, t2, out;
+  std::vector<float> b, s, e, h, t1, t2, mt, out;
   std::vector<const float*> src, srows;
   std::vector<CheckResult> checks;
   std::vector<CheckResult>* total;
@@ -377,6 +400,7 @@ struct FoldsProducer {
     h.resize(np);
     t1.resize(np);
     t2.resize(np);
+    mt.resize((C + 1) * np);
     out.resize(spec.n_maps() * np);
     src.resize(C);
     srows.resize(C);
@@ -402,7 +426,7 @@ struct FoldsProducer {
       if (track) entropy_seg(src.data(), C, n, h.data());
       if (track) add_row(e.data(), h.data(), n, first);
     }
-    maps_from_sums(srows.data(), e.data(), C, n, static_cast<float>(M), spec, t1.data(), out.data(), np);
+    maps_from_sums(srows.data(), e.data(), C, n, static_cast<float>(M), spec, mt.data(), np, out.data(), np);
     for (int64_t k = 0; k < spec.n_maps(); ++k) rows[k] = out.data() + k * np;
   }
   void finish() {
@@ -492,14 +516,15 @@ void plane_pass(Producer& prod, int64_t x, int64_t K, int64_t X, int64_t Y, int6
   for (int64_t y0 = 0; y0 < Y; y0 += kYTile) {
     const int64_t yt = std::min(kYTile, Y - y0);
     prod.segment(x, y0, yt, sc.rows.data());
-    if (yt == 8) {
-      for (int64_t k = 0; k < K; ++k) {
-        prefix8(sc.rows[k], Z, pz);
-        for (int64_t yl = 0; yl < 8; ++yl) {
-          double* o = sc.t1.data() + (k * Y + y0 + yl) * nz;
-          for (int64_t iz = 0; iz < nz; ++iz) o[iz] = pz[(iz * sZ + pZ) * 8 + yl] - pz[(iz * sZ) * 8 + yl];
+    if (yt % 8 == 0) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t g = 0; g < yt; g += 8) {
+          prefix8(sc.rows[k] + g * Z, Z, pz);
+          for (int64_t yl = 0; yl < 8; ++yl) {
+            double* o = sc.t1.data() + (k * Y + y0 + g + yl) * nz;
+            for (int64_t iz = 0; iz < nz; ++iz) o[iz] = pz[(iz * sZ + pZ) * 8 + yl] - pz[(iz * sZ) * 8 + yl];
+          }
         }
-      }
       continue;
     }
     // Z prefix sums of the J = K*yt lines (chain j = k*yt + yl), interleaved for throughput
