@@ -16,6 +16,29 @@ training or inference) and ``nnActiveTrainer_tiny`` (tests and demo: 2 epochs x 
 a narrow network — features per stage /4, capped at 32 — and patch at most 48 voxels per axis; it
 exercises every code path of the big one in seconds on a CPU).
 
+Seeding (``seed=`` of :func:`create_trainer` / :func:`train_fold`; the protocol passes
+``(experiment seed, loop, fold)``): before the network is built, and again at the start of every
+epoch, Python's ``random``, numpy's global RNG and torch (``torch.manual_seed``, which also seeds
+CUDA) are seeded from ``SeedSequence([*seed, stage])`` (stage = initialisation or epoch number).
+nnU-Net 2.8.1 draws everything of training from these global generators: network initialisation
+(torch), case choice, foreground oversampling and crop positions of the data loader (numpy; our
+better-ignore sampling too) and the batchgeneratorsv2 augmentations (numpy and torch). What that gives:
+
+* **CPU, ``n_proc_da=0``** (the augmentation runs in the training process): the same seed, data and
+  torch thread count give bit-identical weights, and a fold resumed from ``checkpoint_latest.pth``
+  ends bit-identical to an uninterrupted one (the per-epoch reseed replays the same batches; weights,
+  optimizer and logger come from the checkpoint). Different thread counts may round differently.
+* **``n_proc_da>0``**: nnU-Net's ``NonDetMultiThreadedAugmenter`` would seed each worker with
+  ``np.random.seed(None)`` (OS entropy) and leave torch unseeded; we give every worker a seed derived
+  from ``(*seed, worker)``, so each worker's stream of batches is reproducible, but which worker's
+  batch the trainer receives next depends on process timing: training is **not** reproducible then
+  (nor across a resume, which restarts the workers' streams).
+* **GPU**: the seeds are set, but cuDNN/CUDA kernels (e.g. atomics in convolution backward passes)
+  are not deterministic unless ``torch.use_deterministic_algorithms(True)`` (and
+  ``CUBLAS_WORKSPACE_CONFIG``) is set; we do not force that (it is slower and some kernels would
+  raise), so GPU training is seeded but not bit-reproducible. cuDNN flags are left as they are.
+* ``seed=None``: nothing is seeded (nnU-Net's own behaviour).
+
 Trainers are looked up in :data:`TRAINERS`, never by nnU-Net's recursive name search.
 Folders are explicit (``create_trainer(..., preprocessed_dir=, output_dir=)``); nnU-Net's
 environment variables are not read. ``nnUNet_n_proc_DA`` and ``nnUNet_compile`` are replaced by the
@@ -28,7 +51,8 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +65,37 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 log = logging.getLogger(__name__)
 _CPU = torch.device("cpu")
+
+
+_STAGE_INIT, _STAGE_EPOCH, _STAGE_DA_TRAIN, _STAGE_DA_VAL = 0, 1, 2, 3
+
+
+def _seed_key(seed: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``seed`` as a tuple of non-negative ints (``SeedSequence`` entropy); None stays None."""
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)):
+        items = (seed,)
+    elif isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        items = tuple(seed)
+    else:
+        items = ()
+    if not items or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
+        raise ValueError(f"seed must be an int or a non-empty sequence of ints, got {seed!r}")
+    return tuple(int(x) % 2**64 for x in items)
+
+
+def derive_seed(key: Sequence[int], *stage: int) -> int:
+    """A 32-bit seed from ``key`` and ``stage`` (``numpy.random.SeedSequence``), valid for
+    ``random.seed``, ``np.random.seed`` and ``torch.manual_seed``."""
+    return int(np.random.SeedSequence([*key, *stage]).generate_state(1, dtype=np.uint32)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's ``random``, numpy's global RNG and torch (CPU and CUDA) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class BetterIgnoreSamplingDataLoader(nnUNetDataLoader):
@@ -115,6 +170,8 @@ class nnActiveTrainer(nnUNetTrainer):  # noqa: N801 - nnU-Net naming
         self.num_val_iterations_per_epoch = self.VAL_ITERATIONS
         self.n_proc_da = int(self.__dict__.get("_claspe_n_proc_da", 0))
         self.compile_network = bool(self.__dict__.get("_claspe_compile", False))
+        #: seed key (``(experiment seed, loop, fold)`` in the protocol) or None (unseeded)
+        self.seed_key: tuple[int, ...] | None = _seed_key(self.__dict__.get("_claspe_seed"))
         self.epoch_hook: Callable[[int], None] | None = None
         self.progress = False
         # nnU-Net redraws a large progress.png after every epoch (seconds on a CPU); we draw it every
@@ -197,12 +254,22 @@ class nnActiveTrainer(nnUNetTrainer):  # noqa: N801 - nnU-Net naming
             gen_tr, gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
         else:
             pin = self.device.type == "cuda"
-            gen_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n, max(6, n // 2), None, pin_memory=pin, wait_time=0.002)
-            gen_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n // 2), max(3, n // 4), None, pin_memory=pin,
+            n_val = max(1, n // 2)
+            seeds_tr = seeds_val = None  # nnU-Net: np.random.seed(None) in each worker
+            if self.seed_key is not None:  # reproducible per worker; the interleaving is not (see module doc)
+                seeds_tr = [derive_seed(self.seed_key, _STAGE_DA_TRAIN, i) for i in range(n)]
+                seeds_val = [derive_seed(self.seed_key, _STAGE_DA_VAL, i) for i in range(n_val)]
+            gen_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n, max(6, n // 2), seeds_tr, pin_memory=pin,
+                                                  wait_time=0.002)
+            gen_val = NonDetMultiThreadedAugmenter(dl_val, None, n_val, max(3, n // 4), seeds_val, pin_memory=pin,
                                                    wait_time=0.002)
         next(gen_tr)
         next(gen_val)
         return gen_tr, gen_val
+
+    def _seed(self, *stage: int) -> None:
+        if self.seed_key is not None:
+            seed_everything(derive_seed(self.seed_key, *stage))
 
     def plot_network_architecture(self):  # hiddenlayer is not a dependency; skip quietly
         return None
@@ -217,9 +284,11 @@ class nnActiveTrainer(nnUNetTrainer):  # noqa: N801 - nnU-Net naming
     def run_training(self):
         from tqdm import tqdm
 
+        self._seed(_STAGE_INIT)  # network initialisation (a resumed run loads its weights instead)
         self.on_train_start()
         for epoch in tqdm(range(self.current_epoch, self.num_epochs), desc=f"train fold {self.fold}",
                           disable=not self.progress, leave=False, initial=self.current_epoch, total=self.num_epochs):
+            self._seed(_STAGE_EPOCH, epoch)  # same batches whether or not the run was resumed
             self.on_epoch_start()
             self.on_train_epoch_start()
             outs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
@@ -296,11 +365,15 @@ def get_trainer_class(name: str) -> type[nnActiveTrainer]:
 
 def create_trainer(name: str, *, plans: dict, dataset_json: dict, configuration: str, fold: int,
                    preprocessed_dir: str | os.PathLike, output_dir: str | os.PathLike, device: str = "cpu",
-                   n_proc_da: int = 0, compile: bool = False) -> nnActiveTrainer:
+                   n_proc_da: int = 0, compile: bool = False,
+                   seed: int | Sequence[int] | None = None) -> nnActiveTrainer:
     """Builds trainer ``name`` with explicit folders: ``preprocessed_dir`` holds
     ``dataset_fingerprint.json``, ``splits_final.json`` and ``<data_identifier>/``; the model goes to
-    ``output_dir/fold_<fold>/`` (plans.json and dataset.json to ``output_dir``)."""
+    ``output_dir/fold_<fold>/`` (plans.json and dataset.json to ``output_dir``). ``seed`` (an int or
+    a tuple of ints, e.g. ``(experiment seed, loop, fold)``) seeds the training; what that makes
+    reproducible is in the module docstring. None: unseeded."""
     cls = get_trainer_class(name)
+    _seed_key(seed)  # a bad seed fails before any folder is made
     cm_id = plans["configurations"][configuration]["data_identifier"]
     trainer = cls.__new__(cls)
     trainer._claspe_folders = {
@@ -311,6 +384,7 @@ def create_trainer(name: str, *, plans: dict, dataset_json: dict, configuration:
     }
     trainer._claspe_n_proc_da = int(n_proc_da)
     trainer._claspe_compile = bool(compile)
+    trainer._claspe_seed = seed
     trainer.__init__(plans, configuration, fold, dataset_json, torch.device(device))
     return trainer
 
@@ -318,8 +392,9 @@ def create_trainer(name: str, *, plans: dict, dataset_json: dict, configuration:
 def train_fold(name: str, *, plans: dict, dataset_json: dict, configuration: str, fold: int,
                preprocessed_dir: str | os.PathLike, output_dir: str | os.PathLike, device: str = "cpu",
                n_proc_da: int = 0, compile: bool = False, progress: bool = False,
-               epoch_hook: Callable[[int], None] | None = None) -> Path:
+               epoch_hook: Callable[[int], None] | None = None, seed: int | Sequence[int] | None = None) -> Path:
     """Trains one fold; resumes from ``checkpoint_latest.pth`` when a previous run was interrupted.
+    ``seed``: see :func:`create_trainer` (the protocol passes ``(experiment seed, loop, fold)``).
 
     Returns the path of ``checkpoint_final.pth`` (already there: nothing is done).
     """
@@ -328,7 +403,7 @@ def train_fold(name: str, *, plans: dict, dataset_json: dict, configuration: str
         return final
     trainer = create_trainer(name, plans=plans, dataset_json=dataset_json, configuration=configuration, fold=fold,
                              preprocessed_dir=preprocessed_dir, output_dir=output_dir, device=device,
-                             n_proc_da=n_proc_da, compile=compile)
+                             n_proc_da=n_proc_da, compile=compile, seed=seed)
     trainer.progress = progress
     trainer.epoch_hook = epoch_hook
     latest = Path(output_dir) / f"fold_{fold}" / "checkpoint_latest.pth"
@@ -340,7 +415,7 @@ def train_fold(name: str, *, plans: dict, dataset_json: dict, configuration: str
             log.warning("fold %d: cannot resume from %s (%s); training from scratch", fold, latest, exc)
             trainer = create_trainer(name, plans=plans, dataset_json=dataset_json, configuration=configuration,
                                      fold=fold, preprocessed_dir=preprocessed_dir, output_dir=output_dir,
-                                     device=device, n_proc_da=n_proc_da, compile=compile)
+                                     device=device, n_proc_da=n_proc_da, compile=compile, seed=seed)
             trainer.progress = progress
             trainer.epoch_hook = epoch_hook
     with contextlib.redirect_stdout(io.StringIO()):

@@ -17,6 +17,10 @@ Steps, each recorded in ``state.json`` only after its outputs are in place::
         annotate_k -> preprocess_k (+ class-aware CV split) -> train_k_fold{f} for each fold
         -> evaluate_k (results/loop_k.json) -> query_{k+1} (loop_{k+1}.json, not after the last loop)
 
+Fold training is seeded from ``(config.seed, k, fold)`` (see :mod:`claspe.nnunet.trainers`): on the
+CPU without data-augmentation workers, two experiments whose loop-``k`` annotations are equal (e.g.
+the same starting budget) train bit-identical loop-``k`` models.
+
 Re-running resumes at the first unrecorded step (a fold whose training was cut resumes from its
 ``checkpoint_latest.pth``); a finished experiment returns at once. The run holds an exclusive lock
 on the folder. No global state: nnU-Net gets explicit folders (see :mod:`claspe.nnunet`), logging
@@ -247,7 +251,7 @@ class _Run:
                    configuration=self.cfg.configuration, fold=fold, preprocessed_dir=self.pre_dir(k), output_dir=out,
                    device=self.cfg.device, n_proc_da=int(self.cfg.extra.get("n_proc_da", 0)),
                    compile=bool(self.cfg.extra.get("compile", False)), progress=self.progress,
-                   epoch_hook=lambda e: _pause_point("train"))
+                   epoch_hook=lambda e: _pause_point("train"), seed=(int(self.cfg.seed), k, fold))
         self.state.mark(step, seconds=round(time.time() - t0, 2))
 
     def evaluate(self, k: int) -> None:
