@@ -60,12 +60,22 @@ def format_table(rows: list[dict]) -> str:
 
 
 def budget_curve_png(rows: list[dict], path: str | os.PathLike, *, title: str = "") -> Path:
-    """Mean Dice against the number of annotated boxes, one line per strategy."""
+    """Mean Dice against the number of annotated boxes, one line per strategy.
+
+    Drawn with matplotlib's default style whatever the process's global rcParams are (nnU-Net's
+    progress plot calls ``seaborn.set(font_scale=2.5)``, which changes them for the whole process);
+    the global rcParams are left as they were.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    with plt.style.context("default"):
+        return _draw_budget_curve(plt, rows, Path(path), title)
+
+
+def _draw_budget_curve(plt, rows: list[dict], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for strat in sorted({r["strategy"] for r in rows}):
         rs = sorted((r for r in rows if r["strategy"] == strat), key=lambda r: r["n_patches"])
@@ -78,7 +88,6 @@ def budget_curve_png(rows: list[dict], path: str | os.PathLike, *, title: str = 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
