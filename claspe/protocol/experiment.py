@@ -70,21 +70,28 @@ def _pause_point(stage: str) -> None:
 
 
 class GroundTruth(Mapping):
-    """Lazy, cached mapping file name -> full ground-truth label array of the pool (the oracle)."""
+    """Lazy mapping file name -> full ground-truth label array of the pool (the oracle).
+
+    Every access reads the label file; nothing is cached, so the pool's labels are in memory only
+    while a step uses them (the starting budget, a label-based random query, one image at a time in
+    the annotation) and not during training and prediction. The cost is one NIfTI read per image and
+    use, small next to a training.
+    """
 
     def __init__(self, labels_dir: Path, files: list[str]) -> None:
         self._dir = Path(labels_dir)
         self._files = list(files)
-        self._cache: dict[str, np.ndarray] = {}
+        self._known = frozenset(self._files)
 
     def __getitem__(self, key: str) -> np.ndarray:
-        if key not in self._files:
+        if key not in self._known:
             raise KeyError(key)
-        if key not in self._cache:
-            from claspe.data.io import read_image
+        from claspe.data.io import read_image
 
-            self._cache[key] = read_image(self._dir / key).array
-        return self._cache[key]
+        return read_image(self._dir / key).array
+
+    def __contains__(self, key) -> bool:  # no file read (Mapping's default would load the array)
+        return key in self._known
 
     def __iter__(self):
         return iter(self._files)
