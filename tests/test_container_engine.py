@@ -123,6 +123,19 @@ def test_python3_is_the_venv():
 
 
 @requires_image
+def test_packages_are_byte_compiled():
+    """A read-only image (a .sif) cannot cache bytecode: without .pyc files every start recompiles torch."""
+    script = ("import importlib.util as u, sys\n"
+              "for m in ('torch', 'nnunetv2', 'claspe.cli'):\n"
+              "    spec = u.find_spec(m)\n"
+              "    pyc = u.cache_from_source(spec.origin)\n"
+              "    import os; sys.exit(f'no bytecode for {m}: {pyc}') if not os.path.exists(pyc) else None\n"
+              "print('ok')\n")
+    res = docker_run("--read-only", "--entrypoint", "python", IMAGE, "-c", script)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
+@requires_image
 def test_bad_command_fails_cleanly():
     res = docker_run(IMAGE, "no-such-command")
     assert res.returncode != 0
