@@ -50,6 +50,7 @@ def info_dict() -> dict:
         "cuda_built": bool(bi.get("cuda_built")),
         "cuda_archs": bi.get("cuda_archs", []),
         "cuda_devices": bi.get("cuda_device_count", 0),
+        "cuda_unavailable_reason": bi.get("cuda_unavailable_reason"),
         "cpu_flags": bi.get("cxx_flags", ""),
         "threads": threads if threads is not None else os.cpu_count(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS", "unset"),
@@ -65,7 +66,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in d)
     for k, v in d.items():
-        if k == "extension_error" and not v:
+        if k in ("extension_error", "cuda_unavailable_reason") and not v:
             continue
         print(f"{k:<{width}}  {v}")
     return 0
