@@ -37,7 +37,7 @@ class Patch:
         if any(s <= 0 for s in self.size):
             raise ValueError(f"Patch.size must be > 0, got {self.size} for {self.file}")
 
-    def overlaps(self, other: "Patch") -> bool:
+    def overlaps(self, other: Patch) -> bool:
         """True when both boxes belong to the same file and intersect by >= 1 voxel per axis."""
         if self.file != other.file:
             return False
@@ -51,7 +51,7 @@ class Patch:
         return {"file": self.file, "coords": list(self.coords), "size": list(self.size)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Patch":
+    def from_json(cls, d: dict) -> Patch:
         try:
             return cls(file=d["file"], coords=d["coords"], size=d["size"])
         except KeyError as exc:

@@ -140,3 +140,11 @@ def test_bad_command_fails_cleanly():
     res = docker_run(IMAGE, "no-such-command")
     assert res.returncode != 0
     assert "invalid choice" in res.stderr
+
+
+@requires_image
+def test_paper_results_ship_in_the_image():
+    # `claspe compare` / `claspe paper show` need paper_results/, which lives outside the package
+    res = docker_run(IMAGE, "paper", "show")
+    assert res.returncode == 0, res.stderr
+    assert "paper_results" in res.stdout or "Dataset" in res.stdout, res.stdout[:500]
