@@ -12,9 +12,9 @@
 #     (hash-checked, staged in container/wheels/); the index's CA bundle and pip configuration are
 #     BuildKit secrets (never in the image)
 #  5. docker run --network=none (as the image's non-root user): `claspe info`, a query-engine smoke
-#     test (compiled engine == NumPy reference), `claspe demo` with /results mounted (CI size:
-#     DEMO_ARGS, default `--loops 2 --strategies clasp_pe`: one query with the engine and a
-#     retraining; `--demo-args ""` runs the full default demo, ~3x longer)
+#     test (compiled engine == NumPy reference), `claspe demo` with /results mounted (DEMO_ARGS,
+#     default empty: the full default demo; `--demo-args "--loops 2 --strategies clasp_pe"` runs a
+#     ~3x shorter one: one query with the engine and a retraining)
 #  6. optional: pytest -m container against the running engine (--pytest PYTHON), docker save (--save TAR)
 #
 # Usage: container/ci_build.sh [--pytest PYTHON] [--save TAR] [--no-demo] [--demo-args "ARGS"]
@@ -31,7 +31,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_PKGS=python3,python3-venv,python3-dev,build-essential,ca-certificates
 LOCK=requirements-cpu.lock
 PYTEST_PY="" SAVE="" DEMO=1
-DEMO_ARGS=${CLASPE_DEMO_ARGS---loops 2 --strategies clasp_pe}
+DEMO_ARGS=${CLASPE_DEMO_ARGS-}
 DEMO_AT="demo skipped"
 
 while (($#)); do
