@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from claspe.data.io import ImageHeader, read_header, read_image
+from claspe.data.io import ImageHeader, read_header, read_image, read_json
 
 log = logging.getLogger(__name__)
 
@@ -354,14 +354,7 @@ def _check_case(info: DatasetInfo, case: str, *, deep: bool, allowed: frozenset[
 def read_dataset_json(path: str | os.PathLike) -> dict:
     """Reads and validates a dataset.json (see :func:`parse_dataset_json`); errors name the path."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found (an nnU-Net v2 raw dataset needs a dataset.json)")
-    try:
-        obj = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{p} is not a UTF-8 text file: {exc}") from exc
+    obj = read_json(p, missing=f"{p} not found (an nnU-Net v2 raw dataset needs a dataset.json)")
     return parse_dataset_json(obj, source=str(p))
 
 

@@ -22,7 +22,6 @@ read, so stray files in the task folder (e.g. macOS ``._*`` files in the MSD arc
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from claspe.data.io import (
     copy_file,
     read_header,
     read_image,
+    read_json,
     write_image,
     write_json,
 )
@@ -163,12 +163,7 @@ def import_nnunet_raw(
 
 def _read_msd_json(task_dir: Path) -> dict:
     p = task_dir / "dataset.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found (an MSD task folder TaskXX_Name needs a dataset.json)")
-    try:
-        dj = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
+    dj = read_json(p, missing=f"{p} not found (an MSD task folder TaskXX_Name needs a dataset.json)")
     if not isinstance(dj, dict):
         raise ValueError(f"{p}: must be a JSON object")
     missing = [k for k in ("modality", "labels", "training") if k not in dj]
@@ -335,12 +330,7 @@ def import_dataset(src: str | os.PathLike, out_dir: str | os.PathLike, *, datase
     """Imports ``src``, deciding the format: an MSD task (dataset.json with ``modality`` and ``training``)
     needs ``dataset_id``; anything else is treated as an nnU-Net v2 raw dataset."""
     p = Path(src) / "dataset.json"
-    try:
-        dj = json.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{p} not found: {src} is neither an nnU-Net raw nor an MSD dataset") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
+    dj = read_json(p, missing=f"{p} not found: {src} is neither an nnU-Net raw nor an MSD dataset")
     if isinstance(dj, dict) and "modality" in dj and "training" in dj:
         if dataset_id is None:
             raise ValueError(f"{src} is an MSD task folder: pass dataset_id (1..999)")

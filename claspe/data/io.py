@@ -328,6 +328,23 @@ def write_image(
     return p
 
 
+def read_json(path: str | os.PathLike, *, missing: str | None = None) -> Any:
+    """Reads a JSON file; errors name the path.
+
+    FileNotFoundError (message ``missing``, default ``"<path> not found"``) when ``path`` is not a
+    file; ValueError when it is not valid JSON or not UTF-8 text.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(missing if missing is not None else f"{p} not found")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p} is not a UTF-8 text file: {exc}") from exc
+
+
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
     """Writes ``obj`` as JSON atomically (temp file + ``os.replace``); returns the path."""
     p = Path(path)

@@ -142,7 +142,6 @@ def _find_image(folder: Path, case: str, suffix: str, *, channel: bool) -> Path 
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    import json
 
     import numpy as np
 
@@ -199,12 +198,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     annotated = []
     for jf in args.annotated or []:
         jp = Path(jf)
-        if not jp.is_file():
-            raise FileNotFoundError(f"annotated loop file {jp} not found")
-        try:
-            data = json.loads(jp.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{jp} is not valid JSON: {exc}") from exc
+        data = dio.read_json(jp, missing=f"annotated loop file {jp} not found")
         entries = data.get("patches") if isinstance(data, dict) else data
         if not isinstance(entries, list):
             raise ValueError(f"{jp}: expected {{'patches': [...]}} (nnActive loop file)")
