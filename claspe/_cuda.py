@@ -486,28 +486,14 @@ def power_noise(scores, beta, *, seed: int, loop: int, image: int, key: int, noi
 def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), first_chunk: int = 0):
     """ops.select_patches on the GPU: ranking on the device, greedy walk on the host (see
     csrc/cuda/bindings_cuda.cpp for why).  Returns host NumPy arrays like the CPU path."""
-    from claspe.ops import _check_boxes, _triple
+    from claspe.ops import _check_select_args
 
     a = describe(scores, "scores", ndim=(3, 4))
     a4 = _pad4(a)
-    patch = _triple(patch, "patch")
-    stride = _triple(stride, "stride")
-    volume_shape = _triple(volume_shape, "volume_shape")
-    expect = tuple((d - min(p, d)) // s + 1 for d, p, s in zip(volume_shape, patch, stride))
-    if tuple(a4.shape[1:]) != expect:
-        raise ValueError(
-            f"scores grid {tuple(a4.shape[1:])} does not match volume {tuple(volume_shape)}, patch {tuple(patch)}, "
-            f"stride {tuple(stride)} (expected {expect})"
-        )
-    try:
-        quotas = [int(q) for q in quotas]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"quotas must be integers, got {quotas!r}") from exc
-    if len(quotas) != a4.shape[0]:
-        raise ValueError(f"{len(quotas)} quotas for {a4.shape[0]} keys")
-    if any(q < 0 for q in quotas):
-        raise ValueError(f"quotas must be >= 0, got {quotas}")
-    blocked = _check_boxes(blocked)
+    patch, stride, volume_shape, quotas, blocked = _check_select_args(
+        a4.shape, patch=patch, stride=stride, volume_shape=volume_shape, quotas=quotas, blocked=blocked
+    )
+    expect = tuple(a4.shape[1:])
     n = math.prod(expect)
     if n >= 2**31:
         raise ValueError(f"candidate grid {expect} is too large for the GPU ranking (>= 2**31 positions)")

@@ -660,6 +660,29 @@ def _check_boxes(blocked, name: str = "blocked") -> list[tuple[tuple[int, ...], 
     return out
 
 
+def _check_select_args(scores_shape, *, patch, stride, volume_shape, quotas, blocked):
+    """Checks :func:`select_patches`' arguments against the [K, nx, ny, nz] ``scores_shape`` (CPU,
+    NumPy and GPU paths); returns ``(patch, stride, volume_shape, quotas, blocked boxes)`` normalised."""
+    patch = _triple(patch, "patch")
+    stride = _triple(stride, "stride")
+    volume_shape = _triple(volume_shape, "volume_shape")
+    expect = _ref.grid_shape(volume_shape, patch, stride)
+    if tuple(scores_shape[1:]) != expect:
+        raise ValueError(
+            f"scores grid {tuple(scores_shape[1:])} does not match volume {volume_shape}, patch {patch}, "
+            f"stride {stride} (expected {expect})"
+        )
+    try:
+        quotas = [int(q) for q in quotas]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"quotas must be integers, got {quotas!r}") from exc
+    if len(quotas) != scores_shape[0]:
+        raise ValueError(f"{len(quotas)} quotas for {scores_shape[0]} keys")
+    if any(q < 0 for q in quotas):
+        raise ValueError(f"quotas must be >= 0, got {quotas}")
+    return patch, stride, volume_shape, quotas, _check_boxes(blocked)
+
+
 def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), backend: str = "auto"):
     """Greedy non-overlapping top-n per key inside one image.
 
@@ -680,24 +703,9 @@ def select_patches(scores, *, patch, stride, volume_shape, quotas, blocked=(), b
         a = a[None]
     if np.isnan(a).any() or np.isposinf(a).any():
         raise ValueError("scores contain NaN or +Inf")
-    patch = _triple(patch, "patch")
-    stride = _triple(stride, "stride")
-    volume_shape = _triple(volume_shape, "volume_shape")
-    expect = _ref.grid_shape(volume_shape, patch, stride)
-    if tuple(a.shape[1:]) != expect:
-        raise ValueError(
-            f"scores grid {tuple(a.shape[1:])} does not match volume {volume_shape}, patch {patch}, "
-            f"stride {stride} (expected {expect})"
-        )
-    try:
-        quotas = [int(q) for q in quotas]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"quotas must be integers, got {quotas!r}") from exc
-    if len(quotas) != a.shape[0]:
-        raise ValueError(f"{len(quotas)} quotas for {a.shape[0]} keys")
-    if any(q < 0 for q in quotas):
-        raise ValueError(f"quotas must be >= 0, got {quotas}")
-    boxes = _check_boxes(blocked)
+    patch, stride, volume_shape, quotas, boxes = _check_select_args(
+        a.shape, patch=patch, stride=stride, volume_shape=volume_shape, quotas=quotas, blocked=blocked
+    )
     backend = _routed(_resolve_backend(backend, a), "select_patches")
     if backend == "cpu":
         res = _C().select_patches(np.ascontiguousarray(a, dtype=np.float32), patch, stride, volume_shape, quotas, boxes)
