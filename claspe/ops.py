@@ -46,15 +46,21 @@ SCORES = ("pe", "class_pe", "bald", "expected_entropy")
 # ----------------------------------------------------------------------------------------------
 
 
-def _triple(value, name: str, *, positive: bool = True) -> tuple[int, int, int]:
-    if np.isscalar(value):
+def _triple(value, name: str, *, positive: bool = True, ints_only: bool = False,
+            axes: str = "x, y, z") -> tuple[int, int, int]:
+    """An int or 3 ints as a tuple of 3 ints.
+
+    A scalar is repeated on every axis; with ``ints_only`` only integer scalars are (a float or
+    bool is then rejected instead of truncated).  ``axes`` names the entries in the length error.
+    """
+    if (isinstance(value, (int, np.integer)) and not isinstance(value, bool)) if ints_only else np.isscalar(value):
         value = (value, value, value)
     try:
         t = tuple(int(v) for v in value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be an int or 3 ints, got {value!r}") from exc
     if len(t) != 3:
-        raise ValueError(f"{name} must have 3 entries (x, y, z), got {value!r}")
+        raise ValueError(f"{name} must have 3 entries ({axes}), got {value!r}")
     if positive and any(v <= 0 for v in t):
         raise ValueError(f"{name} must be positive on every axis, got {t}")
     return t  # type: ignore[return-value]

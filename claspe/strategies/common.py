@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from claspe.ops import _triple
+
 
 def check_int(value, name: str, *, minimum: int | None = None, allow_none: bool = False):
     if value is None and allow_none:
@@ -17,18 +19,8 @@ def check_int(value, name: str, *, minimum: int | None = None, allow_none: bool 
 
 
 def triple(value, name: str) -> tuple[int, int, int]:
-    """An int or 3 ints, all positive."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value, value)
-    try:
-        t = tuple(int(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be an int or 3 ints, got {value!r}") from exc
-    if len(t) != 3:
-        raise ValueError(f"{name} must have 3 entries (one per axis), got {value!r}")
-    if any(v <= 0 for v in t):
-        raise ValueError(f"{name} must be positive on every axis, got {t}")
-    return t  # type: ignore[return-value]
+    """An int or 3 ints, all positive (a float or bool is rejected, not truncated)."""
+    return _triple(value, name, ints_only=True, axes="one per axis")
 
 
 def check_common(*, query_size, patch_size, stride, n_patch_per_image, loop, num_loops, seed):
