@@ -29,6 +29,7 @@ from claspe.cluster.spec import (
     experiment_status,
     is_prepared,
     load_spec,
+    optional_module,
     write_json_atomic,
 )
 from claspe.protocol.config import is_finished
@@ -129,14 +130,10 @@ def plan(spec: GridSpec | str | Path, *, out=None, data_root=None
 
 
 def _report(grid_root: Path) -> Path | None:
-    try:
-        from claspe.report import write_report
-    except ModuleNotFoundError as exc:
-        if exc.name and "claspe.report".startswith(exc.name):
-            log.warning("claspe.report is not available: no report written")
-            return None
-        raise
-    return Path(write_report(grid_root))
+    report = optional_module("claspe.report", "no report written", log)
+    if report is None:
+        return None
+    return Path(report.write_report(grid_root))
 
 
 def run_grid(spec: GridSpec | str | Path, *, out: str | Path | None = None, data_root: str | Path | None = None,

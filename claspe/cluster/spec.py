@@ -45,6 +45,7 @@ two entries that expand to the same name are an error.
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import logging
 import re
@@ -367,15 +368,23 @@ def _merge(ds: DatasetSpec, reg: RegimeSpec, spec: GridSpec) -> dict:
     return {**spec.defaults, **ds.settings, **reg.settings, **spec.overrides}
 
 
-def _known_strategies():
-    """Canonical name of each accepted strategy name (aliases included), or None if unavailable."""
+def optional_module(name: str, consequence: str, logger: logging.Logger = log):
+    """The module ``name``, or None (logging ``"<name> is not available: <consequence>"``) when it, or
+    a package above it, is missing; a module missing deeper inside it still raises."""
     try:
-        from claspe import strategies as strat
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name and "claspe.strategies".startswith(exc.name):
-            log.warning("claspe.strategies is not available: strategy names are not checked")
+        if exc.name and name.startswith(exc.name):
+            logger.warning("%s is not available: %s", name, consequence)
             return None
         raise
+
+
+def _known_strategies():
+    """Canonical name of each accepted strategy name (aliases included), or None if unavailable."""
+    strat = optional_module("claspe.strategies", "strategy names are not checked")
+    if strat is None:
+        return None
     if not hasattr(strat, "list_strategies") or not hasattr(strat, "get_strategy"):
         log.warning("claspe.strategies has no list_strategies/get_strategy: strategy names are not checked")
         return None
