@@ -207,19 +207,19 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--exp-root", default="experiments", help="parent of experiment folders (default ./experiments)")
     p.add_argument("--config", help="ExperimentConfig JSON file")
-    p.add_argument("--dataset")
+    p.add_argument("--dataset", help="prepared dataset name under --data-root")
     p.add_argument("--strategy", help="e.g. clasp_pe, random_fg66, pred_entropy (see `claspe query --list`)")
-    p.add_argument("--query-size", type=int)
-    p.add_argument("--patch-size", type=_triple)
-    p.add_argument("--agg-stride", type=_triple)
-    p.add_argument("--starting-budget-size", type=int)
-    p.add_argument("--n-patch-per-image", type=int)
+    p.add_argument("--query-size", type=int, help="boxes queried per loop (default: plan rule)")
+    p.add_argument("--patch-size", type=_triple, help="query box size AxBxC in voxels, array axis order (default: plan rule)")
+    p.add_argument("--agg-stride", type=_triple, help="stride of the candidate grid, int or AxBxC (default: plan rule)")
+    p.add_argument("--starting-budget-size", type=int, help="boxes of the starting budget (default: query size)")
+    p.add_argument("--n-patch-per-image", type=int, help="candidates per image and key (default: plan rule)")
     p.add_argument("--steps", type=int, default=5, help="trainings (queries = steps - 1); default 5")
     p.add_argument("--trainer", default="nnActiveTrainer_200epochs",
                    help="nnActiveTrainer_200epochs (default), _500epochs, _NoMirroring_200epochs, nnActiveTrainer_tiny")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--label-regime", default="custom")
+    p.add_argument("--folds", type=int, default=5, help="CV folds = ensemble members (default 5)")
+    p.add_argument("--seed", type=int, default=12345, help="experiment seed (starting budget, queries, training)")
+    p.add_argument("--label-regime", default="custom", help="a label for the setting, e.g. low/medium/high")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--keep-models", action="store_true", help="keep every loop's fold models")
     p.add_argument("--no-eval-tta", action="store_true", help="no mirroring TTA in the held-out evaluation")
@@ -239,18 +239,19 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "demo", help="a complete small AL experiment on the CPU (synthetic data, ClaSP PE vs Random 66%% FG)",
-        description="Synthetic data, prepare, `claspe plan` settings, ClaSP PE and Random 66%% FG for a few loops "
+        description="Synthetic data, prepare, `claspe plan` settings, ClaSP PE and Random 66% FG for a few loops "
                     "with the tiny nnU-Net trainer on the CPU; prints Dice per loop, writes a budget-curve PNG and "
                     "(when claspe.report is installed) an HTML report.")
     p.add_argument("--out", default="claspe_demo", help="output folder (default ./claspe_demo; resumable)")
-    p.add_argument("--cases", type=int, default=12)
-    p.add_argument("--loops", type=int, default=3)
-    p.add_argument("--folds", type=int, default=2)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--strategies", nargs="+", default=["clasp_pe", "random_fg66"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--cases", type=int, default=12, help="synthetic cases (default 12; 25%% held out)")
+    p.add_argument("--loops", type=int, default=3, help="AL loops = trainings (default 3)")
+    p.add_argument("--folds", type=int, default=2, help="CV folds per loop (default 2)")
+    p.add_argument("--seed", type=int, default=12345, help="experiment seed (default 12345)")
+    p.add_argument("--strategies", nargs="+", default=["clasp_pe", "random_fg66"],
+                   help="strategies to compare (default: clasp_pe random_fg66)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--eval-tta", action="store_true", help="mirroring TTA in the held-out evaluation (8x slower)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=_cmd_demo)
 
 
