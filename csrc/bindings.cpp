@@ -83,6 +83,17 @@ claspe::cpu::BoxSpec box_of(const int64_t dims[3], const I3& patch, const I3& st
   return claspe::cpu::make_box_spec(dims, patch.data(), stride.data());
 }
 
+// The optional fold entropy sum of acc_maps/acc_box: its [X, Y, Z] view, stored in ``storage``, or
+// nullptr when ``entsum`` is None, which only scores below kind 2 (not BALD/expected entropy) allow.
+const View4* entsum_view(const py::object& entsum, int kind, View4& storage) {
+  if (!entsum.is_none()) {
+    storage = view_of(entsum.cast<py::array>(), "entropy sum", 3, 3);
+    return &storage;
+  }
+  if (kind >= 2) throw py::value_error("this score needs the fold entropy sum");
+  return nullptr;
+}
+
 py::tuple check_tuple(const claspe::cpu::CheckResult& r) { return py::make_tuple(r.flags, r.maxdev); }
 
 py::array_t<float> new_f32(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
@@ -179,13 +190,7 @@ PYBIND11_MODULE(_C, m) {
     auto spec = spec_of(kind, classes);
     check_classes(spec, v.shape[0]);
     View4 e;
-    const View4* ep = nullptr;
-    if (!entsum.is_none()) {
-      e = view_of(entsum.cast<py::array>(), "entropy sum", 3, 3);
-      ep = &e;
-    } else if (kind >= 2) {
-      throw py::value_error("this score needs the fold entropy sum");
-    }
+    const View4* ep = entsum_view(entsum, kind, e);
     const int64_t K = spec.n_maps();
     py::array_t<float> out = new_f32({K, v.shape[1], v.shape[2], v.shape[3]});
     float* o = out.mutable_data();
@@ -214,13 +219,7 @@ PYBIND11_MODULE(_C, m) {
     auto spec = spec_of(kind, classes);
     check_classes(spec, v.shape[0]);
     View4 e;
-    const View4* ep = nullptr;
-    if (!entsum.is_none()) {
-      e = view_of(entsum.cast<py::array>(), "entropy sum", 3, 3);
-      ep = &e;
-    } else if (kind >= 2) {
-      throw py::value_error("this score needs the fold entropy sum");
-    }
+    const View4* ep = entsum_view(entsum, kind, e);
     auto box = box_of(v.shape + 1, patch, stride);
     const int64_t K = spec.n_maps(), X = v.shape[1];
     std::vector<double> t2(K * X * box.grid[1] * box.grid[2]);
