@@ -7,13 +7,12 @@ image array order at the protocol's (resampled) resolution (see :mod:`claspe.dat
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from claspe.data.io import write_json
+from claspe.data.io import read_json, write_json
 from claspe.types import Patch
 
 _LOOP_RE = re.compile(r"^loop_(\d{3})\.json$")
@@ -42,12 +41,7 @@ def read_loop(path: str | os.PathLike, *, shape_of: Callable[[str], Sequence[int
     ``..``: would point outside the dataset), an unknown case, a box outside the image.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"loop file {p} not found")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
+    doc = read_json(p, missing=f"loop file {p} not found")
     if not isinstance(doc, dict) or not isinstance(doc.get("patches"), list):
         raise ValueError(f"{p}: a loop file is {{\"patches\": [{{\"file\", \"coords\", \"size\"}}, ...]}}")
     known = set(known_files) if known_files is not None else None
