@@ -1,6 +1,6 @@
 // Fold accumulation, validation, score maps and the fused box-mean plane passes (see engine.h).
 //
-// Work is organised in segments (lines y0..y0+7 of one x-plane, all z): each channel segment is read
+// Work is organised in segments (lines y0..y0+31 of one x-plane, all z): each channel segment is read
 // in place when it is contiguous float32, else converted to a float32 scratch buffer (F16C for
 // float16).  All per-voxel arithmetic runs in `omp simd` loops over the segment that evaluate the
 // scalar rules of csrc/common (bit-identical to claspe/reference.py: vectorising across independent
@@ -34,9 +34,11 @@ namespace {
 inline int64_t padded(int64_t n) { return (n + 15) & ~int64_t(15); }
 
 // y-lines per segment: a segment is lines y0..y0+yt-1 (yt <= kYTile) of one x-plane, all z, i.e.
-// n = yt*Z voxels flattened as (y, z).  Long contiguous segments keep the hardware prefetchers busy.
+// n = yt*Z voxels flattened as (y, z).  Long contiguous segments keep the hardware prefetchers busy:
+// 32 lines (32 KiB per stream for Z = 256) took ~10% less CPU time than 8 for the KiTS-like and
+// AMOS-like benchmark cases (M x C = 20 and 80 input streams), 64 was no better than 32.
 #ifndef CLASPE_YTILE
-#define CLASPE_YTILE 8
+#define CLASPE_YTILE 32
 #endif
 constexpr int64_t kYTile = CLASPE_YTILE;
 
@@ -106,22 +108,24 @@ struct Thresholds {
 
 // One channel of the probability check, fused with the fold-sum update:
 //   s = (first channel ? 0 : ssum) + v;   acc = (first fold ? 0 : acc) + v   (acc may be null);
-//   running min/max of v (range check);  on the last channel the running max of |s - 1| is taken
-//   (and s is not stored) and `bad` is set where !(|s - 1| <= tol): a NaN or +-inf anywhere in a
-//   voxel's channels makes its sum NaN or inf, so non-finite values are caught by the sum (the
-//   precise kind of problem is found on the error path).  Per element: 1 load, 2 adds, min, max.
+//   running maximum of the bits of v as unsigned integers (range check, see check_probs_seg); on
+//   the last channel the running max of |s - 1| is taken (and s is not stored) and `bad` is set
+//   where !(|s - 1| <= tol): a NaN or +-inf anywhere in a voxel's channels makes its sum NaN or inf,
+//   so non-finite values are caught by the sum (the precise kind of problem is found on the error
+//   path).  Per element: 1 load, 2 adds, 1 integer max.
 template <bool kFirstChannel, bool kFirstFold, bool kLastChannel, bool kAcc>
 inline void prob_channel(const float* v, float* ssum, float* acc, int64_t n, float tolf, int& bad, float& maxdev,
-                         float& vmin, float& vmax) {
+                         uint32_t& umax) {
   int b = 0;
-  float md = maxdev, mn = vmin, mx = vmax;
+  float md = maxdev;
+  uint32_t um = umax;
   for (int64_t z0 = 0; z0 < n; z0 += 64) {
     const int64_t z1 = z0 + 64 < n ? z0 + 64 : n;
     CLASPE_PREFETCH(v + z0 + n);
     CLASPE_PREFETCH(v + z0 + n + 16);
     CLASPE_PREFETCH(v + z0 + n + 32);
     CLASPE_PREFETCH(v + z0 + n + 48);
-#pragma omp simd reduction(| : b) reduction(max : md, mx) reduction(min : mn)
+#pragma omp simd reduction(| : b) reduction(max : md, um)
     for (int64_t z = z0; z < z1; ++z) {
       const float x = v[z];
       const float s = (kFirstChannel ? 0.0f : ssum[z]) + x;
@@ -133,49 +137,126 @@ inline void prob_channel(const float* v, float* ssum, float* acc, int64_t n, flo
         ssum[z] = s;
       }
       if (kAcc) acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
-      mn = x < mn ? x : mn;
-      mx = x > mx ? x : mx;
+      const uint32_t u = float_bits(x);
+      um = u > um ? u : um;
     }
   }
   bad |= b;
   maxdev = md;
-  vmin = mn;
-  vmax = mx;
+  umax = um;
 }
+
+#if defined(__AVX2__)
+// The same with AVX2 intrinsics: vector accumulators for the whole row (the omp simd version
+// reduces them horizontally after every 64-element prefetch block), one prefetch per cache line.
+// Identical operations per element (IEEE add/sub/abs/compare), so identical sums and flags.
+template <bool kFirstChannel, bool kFirstFold, bool kLastChannel, bool kAcc>
+inline void prob_channel_avx2(const float* v, float* ssum, float* acc, int64_t n, float tolf, int& bad,
+                              float& maxdev, uint32_t& umax) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), tol = _mm256_set1_ps(tolf);
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 md = _mm256_set1_ps(maxdev), b = _mm256_setzero_ps();
+  __m256i um = _mm256_set1_epi32(static_cast<int>(umax));
+  int64_t z = 0;
+  for (; z + 8 <= n; z += 8) {
+    if ((z & 15) == 0) CLASPE_PREFETCH(v + z + n);
+    const __m256 x = _mm256_loadu_ps(v + z);
+    const __m256 s = _mm256_add_ps(kFirstChannel ? zero : _mm256_loadu_ps(ssum + z), x);
+    if (kLastChannel) {
+      const __m256 d = _mm256_and_ps(_mm256_sub_ps(s, one), absmask);
+      md = _mm256_max_ps(d, md);  // d > md ? d : md
+      b = _mm256_or_ps(b, _mm256_cmp_ps(d, tol, _CMP_NLE_UQ));  // !(d <= tol)
+    } else {
+      _mm256_storeu_ps(ssum + z, s);
+    }
+    if (kAcc) _mm256_storeu_ps(acc + z, _mm256_add_ps(kFirstFold ? zero : _mm256_loadu_ps(acc + z), x));
+    um = _mm256_max_epu32(um, _mm256_castps_si256(x));
+  }
+  float mdv[8];
+  uint32_t umv[8];
+  _mm256_storeu_ps(mdv, md);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(umv), um);
+  float m = maxdev;
+  uint32_t u = umax;
+  for (int l = 0; l < 8; ++l) {
+    m = mdv[l] > m ? mdv[l] : m;
+    u = umv[l] > u ? umv[l] : u;
+  }
+  int bb = _mm256_movemask_ps(b) != 0;
+  for (; z < n; ++z) {
+    if ((z & 15) == 0) CLASPE_PREFETCH(v + z + n);
+    const float x = v[z];
+    const float s = (kFirstChannel ? 0.0f : ssum[z]) + x;
+    if (kLastChannel) {
+      const float d = fabsf(s - 1.0f);
+      m = d > m ? d : m;
+      bb |= !(d <= tolf);
+    } else {
+      ssum[z] = s;
+    }
+    if (kAcc) acc[z] = (kFirstFold ? 0.0f : acc[z]) + x;
+    const uint32_t ux = float_bits(x);
+    u = ux > u ? ux : u;
+  }
+  bad |= bb;
+  maxdev = m;
+  umax = u;
+}
+#define CLASPE_PROB_CHANNEL prob_channel_avx2
+#else
+#define CLASPE_PROB_CHANNEL prob_channel
+#endif
 
 template <bool kFirstChannel, bool kLastChannel>
 inline void prob_channel_dispatch(const float* v, float* ssum, float* acc, bool first, int64_t n, float tolf,
-                                  int& bad, float& md, float& mn, float& mx) {
+                                  int& bad, float& md, uint32_t& um) {
   if (acc) {
     if (first)
-      prob_channel<kFirstChannel, true, kLastChannel, true>(v, ssum, acc, n, tolf, bad, md, mn, mx);
+      CLASPE_PROB_CHANNEL<kFirstChannel, true, kLastChannel, true>(v, ssum, acc, n, tolf, bad, md, um);
     else
-      prob_channel<kFirstChannel, false, kLastChannel, true>(v, ssum, acc, n, tolf, bad, md, mn, mx);
+      CLASPE_PROB_CHANNEL<kFirstChannel, false, kLastChannel, true>(v, ssum, acc, n, tolf, bad, md, um);
   } else {
-    prob_channel<kFirstChannel, false, kLastChannel, false>(v, ssum, acc, n, tolf, bad, md, mn, mx);
+    CLASPE_PROB_CHANNEL<kFirstChannel, false, kLastChannel, false>(v, ssum, acc, n, tolf, bad, md, um);
   }
 }
 
 // Probability checks of C channel rows src[c] (n voxels), optionally adding them to acc rows
 // (acc + c*astride): finite, within [lo, hi], |sum_c - 1| <= tol (float32 sum over c in order).
+// Range check: the fused pass keeps only the largest bit pattern of the values as unsigned
+// integers.  If it is at most the bits of hi, every value is a non-negative float <= hi (the bits
+// of non-negative floats order like the floats; -0.0, negatives and NaN have larger patterns), so
+// the range holds; otherwise the exact running min/max (from 0) of the segment's values decides,
+// as a second pass that only segments with a negative value (or a problem) take.
 inline void check_probs_seg(const float* const* src, int64_t C, int64_t n, const Thresholds& th, float* ssum,
                             float* acc, int64_t astride, bool first, CheckResult& r) {
   int bad = 0;
   float md = r.maxdev, mn = 0.0f, mx = 0.0f;
+  uint32_t um = 0;
   const float tolf = static_cast<float>(th.tol);
   for (int64_t c = 0; c < C; ++c) {
     float* a = acc ? acc + c * astride : nullptr;
     const bool f = c == 0, l = c == C - 1;
     if (f && l)
-      prob_channel_dispatch<true, true>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+      prob_channel_dispatch<true, true>(src[c], ssum, a, first, n, tolf, bad, md, um);
     else if (f)
-      prob_channel_dispatch<true, false>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+      prob_channel_dispatch<true, false>(src[c], ssum, a, first, n, tolf, bad, md, um);
     else if (l)
-      prob_channel_dispatch<false, true>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+      prob_channel_dispatch<false, true>(src[c], ssum, a, first, n, tolf, bad, md, um);
     else
-      prob_channel_dispatch<false, false>(src[c], ssum, a, first, n, tolf, bad, md, mn, mx);
+      prob_channel_dispatch<false, false>(src[c], ssum, a, first, n, tolf, bad, md, um);
   }
   r.maxdev = md;
+  if (um > float_bits(th.hi)) {
+    for (int64_t c = 0; c < C; ++c) {
+      const float* v = src[c];
+#pragma omp simd reduction(max : mx) reduction(min : mn)
+      for (int64_t z = 0; z < n; ++z) {
+        const float x = v[z];
+        mn = x < mn ? x : mn;
+        mx = x > mx ? x : mx;
+      }
+    }
+  }
   if (bad || mn < th.lo || mx > th.hi) {  // error path: find the kinds precisely
     for (int64_t z = 0; z < n; ++z) {
       float s = 0.0f;
@@ -279,52 +360,60 @@ inline void maps_from_sums(const float* const* s, const float* e, int64_t C, int
     for (int64_t z = 0; z < n; ++z) out[z] = e[z] / mf;
     return;
   }
-  float* pe = tmp;
-  for (int64_t c = 0; c < C; ++c) {
-    const float* v = s[c];
-    bool keep = false;
-    if (spec.kind == kScoreClassPE)
-      for (int cls : spec.classes) keep = keep || cls == c;
-    float* m = tmp + (1 + c) * tstride;
-    if (keep) {
-      if (c == 0) {
+  // Blocks of kMapBlock voxels, so that the running PE sum and the kept means stay in L1 between
+  // the channel loops (per voxel the same operations in the same order as one pass per channel).
+  constexpr int64_t kMapBlock = 512;
+  const int64_t nc = spec.kind == kScoreClassPE ? static_cast<int64_t>(spec.classes.size()) : 0;
+  for (int64_t z0 = 0; z0 < n; z0 += kMapBlock) {
+    const int64_t w = std::min(kMapBlock, n - z0);
+    float* pe = tmp + z0;
+    for (int64_t c = 0; c < C; ++c) {
+      const float* v = s[c] + z0;
+      bool keep = false;
+      for (int64_t j = 0; j < nc; ++j) keep = keep || spec.classes[j] == c;
+      float* m = tmp + (1 + c) * tstride + z0;
+      if (keep) {
+        if (c == 0) {
 #pragma omp simd
-        for (int64_t z = 0; z < n; ++z) {
-          m[z] = v[z] / mf;
-          pe[z] = 0.0f + plogp(m[z]);
+          for (int64_t z = 0; z < w; ++z) {
+            m[z] = v[z] / mf;
+            pe[z] = 0.0f + plogp(m[z]);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t z = 0; z < w; ++z) {
+            m[z] = v[z] / mf;
+            pe[z] = pe[z] + plogp(m[z]);
+          }
         }
+      } else if (c == 0) {
+#pragma omp simd
+        for (int64_t z = 0; z < w; ++z) pe[z] = 0.0f + plogp(v[z] / mf);
       } else {
 #pragma omp simd
-        for (int64_t z = 0; z < n; ++z) {
-          m[z] = v[z] / mf;
-          pe[z] = pe[z] + plogp(m[z]);
-        }
+        for (int64_t z = 0; z < w; ++z) pe[z] = pe[z] + plogp(v[z] / mf);
       }
-    } else if (c == 0) {
-#pragma omp simd
-      for (int64_t z = 0; z < n; ++z) pe[z] = 0.0f + plogp(v[z] / mf);
-    } else {
-#pragma omp simd
-      for (int64_t z = 0; z < n; ++z) pe[z] = pe[z] + plogp(v[z] / mf);
     }
-  }
-  if (spec.kind == kScorePE) {
+    if (spec.kind == kScorePE) {
+      float* o = out + z0;
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) out[z] = -pe[z];
-  } else if (spec.kind == kScoreClassPE) {
+      for (int64_t z = 0; z < w; ++z) o[z] = -pe[z];
+    } else if (spec.kind == kScoreClassPE) {
+      float* on = out + nc * ostride + z0;  // the PE map
 #pragma omp simd
-    for (int64_t z = 0; z < n; ++z) pe[z] = -pe[z];
-    const int64_t nc = static_cast<int64_t>(spec.classes.size());
-    for (int64_t j = 0; j < nc; ++j) {
-      const float* m = tmp + (1 + spec.classes[j]) * tstride;
-      float* o = out + j * ostride;
+      for (int64_t z = 0; z < w; ++z) on[z] = -pe[z];
+      for (int64_t j = 0; j < nc; ++j) {
+        const float* m = tmp + (1 + spec.classes[j]) * tstride + z0;
+        float* o = out + j * ostride + z0;
 #pragma omp simd
-      for (int64_t z = 0; z < n; ++z) o[z] = pe[z] * m[z];
+        for (int64_t z = 0; z < w; ++z) o[z] = on[z] * m[z];
+      }
+    } else {  // BALD
+      const float* ev = e + z0;
+      float* o = out + z0;
+#pragma omp simd
+      for (int64_t z = 0; z < w; ++z) o[z] = bald_score(-pe[z], ev[z] / mf);
     }
-    memcpy(out + nc * ostride, pe, static_cast<size_t>(n) * 4);
-  } else {  // BALD
-#pragma omp simd
-    for (int64_t z = 0; z < n; ++z) out[z] = bald_score(-pe[z], e[z] / mf);
   }
 }
 
