@@ -18,6 +18,7 @@ from claspe.strategies import (
     list_strategies,
     sigmoid_schedule,
 )
+from claspe.strategies.presets import resolve
 
 REQUIRED = [
     "random", "random_fg33", "random_fg66", "pred_entropy", "bald", "power_pe", "power_bald", "power_bald_b5",
@@ -40,13 +41,22 @@ REFERENCE_NAMES = {
 }
 
 
+def test_list_strategies_names_are_accepted_by_get_strategy():
+    names = list_strategies()
+    assert names == [n for n, _ in list_strategies(descriptions=True)]
+    assert all(isinstance(n, str) for n in names)
+    assert set(REQUIRED) <= set(names)
+    for name in list_strategies(aliases=True):
+        assert get_strategy(name) is PRESETS[resolve(name)], name
+
+
 def test_list_strategies_has_every_preset_with_one_line_description():
-    listed = dict(list_strategies())
+    listed = dict(list_strategies(descriptions=True))
     assert set(REQUIRED) <= set(listed)
     assert set(listed) == set(PRESETS)
     for name, desc in listed.items():
         assert desc and "\n" not in desc, name
-    with_aliases = dict(list_strategies(aliases=True))
+    with_aliases = dict(list_strategies(aliases=True, descriptions=True))
     for alias, canon in ALIASES.items():
         assert with_aliases[alias] == f"alias of {canon}"
 

@@ -150,7 +150,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from claspe.types import Patch
 
     if args.list:
-        for name, desc in list_strategies(aliases=args.verbose_list):
+        for name, desc in list_strategies(aliases=args.verbose_list, descriptions=True):
             print(f"{name:34s} {desc}")
         return 0
     if args.query_size is None or args.patch_size is None:

@@ -98,10 +98,11 @@ def get_strategy(name: str) -> UncertaintyStrategy | RandomStrategy:
     return PRESETS[resolve(name)]
 
 
-def list_strategies(*, aliases: bool = False) -> list[tuple[str, str]]:
-    """``[(name, one-line description), ...]`` in table order; with ``aliases=True`` also the
-    reference names, described as ``"alias of <preset>"``."""
+def list_strategies(*, aliases: bool = False, descriptions: bool = False) -> list[str] | list[tuple[str, str]]:
+    """The preset names in table order (each one accepted by :func:`get_strategy`); with
+    ``aliases=True`` also the reference's names.  With ``descriptions=True`` the entries are
+    ``(name, one-line description)`` pairs instead, aliases described as ``"alias of <preset>"``."""
     out = [(s.name, s.description) for s, _ in _TABLE]
     if aliases:
         out += [(a, f"alias of {c}") for a, c in ALIASES.items()]
-    return out
+    return out if descriptions else [name for name, _ in out]
