@@ -140,6 +140,12 @@ def test_end_to_end_clasp_pe(prepared, tmp_path, capsys):
     assert len(list((exp / "work" / "predictions" / "loop_002").glob("*.nii.gz"))) == 3
     assert not [p for p in exp.rglob("*") if p.suffix in (".npy", ".npz", ".pkl")]
     assert not list((exp / "work" / "preprocessed").iterdir())  # removed after each loop's training
+    assert not (exp / "work" / "preprocessed_cache").exists()  # removed after the last training
+    state = json.loads((exp / "state.json").read_text())["steps"]
+    for k in range(cfg.query_steps):
+        st = state[f"preprocess_{k:03d}"]
+        assert st["preprocessed"] + st["reused"] == st["n_cases"]
+    assert state["preprocess_000"]["reused"] == 0
     # the fold models: each fold's softmax is computed when its item is read, one image at a time
     from claspe.nnunet.predict import FoldModels
 
@@ -176,6 +182,64 @@ def test_end_to_end_clasp_pe(prepared, tmp_path, capsys):
     assert ev["per_case"].keys() == last["per_case"].keys()
     for k, v in last["dice_per_class"].items():
         assert (v is None and ev["dice_per_class"][k] is None) or ev["dice_per_class"][k] == pytest.approx(v)
+
+
+def test_preprocessing_cache_reuses_unchanged_cases_bit_for_bit(prepared, tmp_path):
+    """A loop preprocesses only the cases whose annotation changed; the others come from the cache
+    and are byte-identical to preprocessing them again."""
+    import pickle
+
+    from claspe import Patch
+    from claspe.data.io import write_json
+    from claspe.nnunet.plan import preprocess_cases
+    from claspe.protocol.experiment import _Run
+    from claspe.protocol.loops import write_loop
+
+    cfg = _cfg(prepared)
+    exp = tmp_path / cfg.name
+    exp.mkdir(parents=True)
+    write_json(exp / "experiment.json", cfg.to_json())
+    run = _Run(cfg, prepared.parent, exp, progress=False)
+    run.setup()
+    run.starting_budget()
+    run.annotate(0)
+    run.preprocess(0)
+    st0 = run.state.get("preprocess_000")
+    cases0 = sorted(run.state.get("annotate_000")["case_classes"])
+    assert st0["preprocessed"] == len(cases0) and st0["reused"] == 0
+    # loop 1 adds one box to one already annotated case
+    first = [p for p in run.read_loop(0) if run.case(p.file) == cases0[0]]
+    shape = run.shapes[first[0].file]
+    taken = run.read_loop(0)
+    new = None
+    for x in range(0, shape[0] - cfg.patch_size[0] + 1):
+        cand = Patch(file=first[0].file, coords=(x, 0, 0), size=cfg.patch_size)
+        if not any(cand.overlaps(q) for q in taken):
+            new = cand
+            break
+    assert new is not None
+    write_loop(exp, 1, [new], strategy="test", seed=0)
+    run.annotate(1)
+    run.preprocess(1)
+    st1 = run.state.get("preprocess_001")
+    assert st1["preprocessed"] == 1 and st1["reused"] == len(cases0) - 1
+    got = run.pre_dir(1)
+    fresh = preprocess_cases(cases0, images_dir=prepared / "imagesTr", labels_dir=exp / "work" / "labelsTr",
+                             out_dir=tmp_path / "fresh", plans=run.plans(), dataset_json=run.dataset_json(),
+                             configuration=cfg.configuration)
+    ours = got / fresh.name
+    names = sorted(p.name for p in fresh.iterdir())
+    assert names == sorted(p.name for p in ours.iterdir()) and len(names) >= 3 * len(cases0)
+    for n in names:
+        a, b = (fresh / n).read_bytes(), (ours / n).read_bytes()
+        if n.endswith(".pkl"):
+            assert str(pickle.loads(a)) == str(pickle.loads(b)), n
+        else:
+            assert a == b, n
+    # a case key changes with its boxes only
+    keys0 = run.case_keys(0, cases0)
+    keys1 = run.case_keys(1, cases0)
+    assert [c for c in cases0 if keys0[c] != keys1[c]] == [cases0[0]]
 
 
 _RUN = ("import json, sys; from claspe.protocol.config import ExperimentConfig; "

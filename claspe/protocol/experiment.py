@@ -7,6 +7,8 @@ our working files under ``work/``::
     work/plans.json              the prepared dataset's nnU-Net plans
     work/labelsTr/               partial labels of the current loop (ground truth in boxes, ignore elsewhere)
     work/preprocessed/loop_XXX/  nnU-Net preprocessed training set + splits_final.json (deleted after training)
+    work/preprocessed_cache/     preprocessed cases keyed by their annotation (see ``_Run.preprocess``;
+                                 deleted after the last loop's training)
     work/models/loop_XXX/        fold models (deleted after the loop's evaluation and query unless
                                  ``config.extra["keep_models"]``)
     work/predictions/loop_XXX/   fold-ensemble predictions of the held-out split
@@ -98,6 +100,14 @@ class GroundTruth(Mapping):
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no extra disk; nnU-Net only reads its preprocessed files), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _nan_to_none(x):
@@ -225,9 +235,42 @@ class _Run:
                         annotated_fg_voxels=stats["annotated_fg_voxels"], case_classes=case_classes)
         return self.state.get(step)
 
+    def cache_dir(self) -> Path:
+        return self.work / "preprocessed_cache"
+
+    def use_cache(self) -> bool:
+        return bool(self.cfg.extra.get("preprocess_cache", True))
+
+    def case_keys(self, k: int, cases) -> dict[str, str]:
+        """Per case, a hash of everything its nnU-Net preprocessing depends on that can change: the
+        boxes annotated in it up to loop ``k`` (its partial label is a function of them), the ignore
+        label, dataset.json, the plans and the configuration.  The images never change."""
+        import hashlib
+
+        boxes: dict[str, list] = {c: [] for c in cases}
+        for p in self.patches_upto(k):
+            c = self.case(p.file)
+            if c in boxes:
+                boxes[c].append([list(p.coords), list(p.size)])
+        common = hashlib.sha256()
+        for part in ((self.work / "dataset.json").read_bytes(), (self.work / "plans.json").read_bytes(),
+                     self.cfg.configuration.encode(), str(self.ignore_label).encode()):
+            common.update(hashlib.sha256(part).digest())
+        base = common.hexdigest()
+        return {c: hashlib.sha256(json.dumps([base, sorted(b)]).encode()).hexdigest() for c, b in boxes.items()}
+
     def preprocess(self, k: int) -> None:
+        """nnU-Net preprocessing of the annotated cases for loop ``k`` into ``pre_dir(k)``.
+
+        With the cache (default; ``config.extra["preprocess_cache"] = False`` turns it off) each
+        case is preprocessed once per change of its annotation: ``work/preprocessed_cache/<case>/``
+        keeps its preprocessed files with the key of :meth:`case_keys`; a later loop links (or
+        copies) them when the key is unchanged, so a loop preprocesses only the cases its query
+        touched.  Entries are replaced atomically (temp folder + rename), so a kill leaves either the
+        old or the new entry.  The cache is deleted after the last loop's training.
+        """
         from claspe.data.io import write_json
-        from claspe.nnunet.plan import preprocess_cases
+        from claspe.nnunet.plan import plans_manager, preprocess_cases
         from claspe.protocol.splits import cv_splits
 
         step = f"preprocess_{k:03d}"
@@ -238,12 +281,47 @@ class _Run:
         pre = self.pre_dir(k)
         if pre.exists():
             shutil.rmtree(pre)
-        preprocess_cases(sorted(case_classes), images_dir=self.ds_dir / "imagesTr", labels_dir=self.work / "labelsTr",
-                         out_dir=pre, plans=self.plans(), dataset_json=self.dataset_json(),
-                         configuration=self.cfg.configuration, progress=self.progress)
+        cases = sorted(case_classes)
+        kw = dict(images_dir=self.ds_dir / "imagesTr", labels_dir=self.work / "labelsTr", plans=self.plans(),
+                  dataset_json=self.dataset_json(), configuration=self.cfg.configuration)
+        if not self.use_cache():
+            preprocess_cases(cases, out_dir=pre, progress=self.progress, **kw)
+            todo = cases
+        else:
+            ident = plans_manager(kw["plans"]).get_configuration(self.cfg.configuration).data_identifier
+            folder = pre / ident
+            folder.mkdir(parents=True)
+            cache = self.cache_dir()
+            cache.mkdir(parents=True, exist_ok=True)
+            keys = self.case_keys(k, cases)
+
+            def cached(case: str) -> bool:
+                key_file = cache / case / "key.txt"
+                return key_file.is_file() and key_file.read_text() == keys[case]
+
+            todo = [c for c in cases if not cached(c)]
+            if todo:
+                from tqdm import tqdm
+
+                for case in tqdm(todo, desc=f"loop {k}: preprocess", disable=not self.progress, leave=False):
+                    tmp = cache / f".tmp_{case}"
+                    if tmp.exists():
+                        shutil.rmtree(tmp)
+                    out = preprocess_cases([case], out_dir=tmp, progress=False, **kw)
+                    out.rename(tmp / "files")
+                    (tmp / "key.txt").write_text(keys[case])
+                    entry = cache / case
+                    if entry.exists():
+                        shutil.rmtree(entry)
+                    os.replace(tmp, entry)
+            for case in cases:
+                for f in (cache / case / "files").iterdir():
+                    _link_or_copy(f, folder / f.name)
+        log.info("loop %d: preprocessed %d case(s), %d reused from the cache", k, len(todo), len(cases) - len(todo))
         shutil.copyfile(self.ds_dir / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
         write_json(pre / "splits_final.json", splits)
-        self.state.mark(step, n_cases=len(case_classes), splits=splits)
+        self.state.mark(step, n_cases=len(case_classes), splits=splits, preprocessed=len(todo),
+                        reused=len(cases) - len(todo))
 
     def train(self, k: int, fold: int) -> None:
         from claspe.nnunet.trainers import train_fold
@@ -346,6 +424,8 @@ class _Run:
     def cleanup(self, k: int, *, after_training: bool) -> None:
         if after_training:
             shutil.rmtree(self.pre_dir(k), ignore_errors=True)
+            if k == int(self.cfg.query_steps) - 1:  # no later loop reads the cache
+                shutil.rmtree(self.cache_dir(), ignore_errors=True)
         elif not self.cfg.extra.get("keep_models", False):
             shutil.rmtree(self.model_dir(k), ignore_errors=True)
 
