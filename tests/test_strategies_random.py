@@ -188,3 +188,53 @@ def test_starting_budget_errors():
                                                                                 size=(1, 1, 1))])
     with pytest.raises(ValueError, match="needs labels"):
         starting_budget(None, size=12, patch_size=4, seed=0)
+
+
+class _CountingLabels(dict):
+    """A lazy label mapping (like the protocol's ground truth): every access returns a fresh copy;
+    counts how many of the returned arrays are alive at the same time."""
+
+    def __init__(self, labels):
+        super().__init__(labels)
+        self.alive = 0
+        self.max_alive = 0
+
+    def _dead(self):
+        self.alive -= 1
+
+    def __getitem__(self, k):
+        import gc
+        import weakref
+
+        gc.collect()
+        a = np.array(super().__getitem__(k), copy=True)  # owns its memory: views keep it alive
+        self.alive += 1
+        weakref.finalize(a, self._dead)
+        self.max_alive = max(self.max_alive, self.alive)
+        return a
+
+
+def test_label_based_queries_hold_one_pool_label_at_a_time():
+    """The random baselines and the starting budget read a lazy label mapping one image at a time
+    (a pool's labels need not fit in memory together), with the same result as an in-memory dict."""
+    labels = _budget_labels()
+    lazy = _CountingLabels(labels)
+    assert starting_budget(lazy, size=12, patch_size=4, seed=12345) == starting_budget(labels, size=12, patch_size=4,
+                                                                                       seed=12345)
+    assert lazy.max_alive <= 2
+    for name in ("random_fg66", "random_fg33", "random"):
+        lazy = _CountingLabels(labels)
+        got = get_strategy(name).query(None, query_size=10, patch_size=4, seed=3, labels=lazy)
+        assert got == get_strategy(name).query(None, query_size=10, patch_size=4, seed=3, labels=labels)
+        assert lazy.max_alive <= 2, name
+
+
+def test_bad_label_array_is_named_when_read():
+    labels = _budget_labels()
+    labels["case3.nii.gz"] = labels["case3.nii.gz"][0]
+    with pytest.raises(ValueError, match=r"labels\['case3.nii.gz'\] must be a 3D array"):
+        starting_budget(labels, size=12, patch_size=4, seed=1)
+    labels = _budget_labels()
+    labels["case1.nii.gz"] = labels["case1.nii.gz"] + 0.5
+    with pytest.raises(ValueError, match=r"labels\['case1.nii.gz'\] must hold integer class ids"):
+        get_strategy("random_fg66").query(None, query_size=4, patch_size=4, seed=1, labels=labels)

@@ -193,8 +193,67 @@ def check_annotated_in_pool(annotated: list[Patch], pool: Iterable[str]) -> dict
     return by_image
 
 
-def check_labels(labels, ids: Iterable[str] | None, strategy: str) -> dict[str, np.ndarray]:
-    """Validates a label mapping ``id -> int array [X, Y, Z]``."""
+def _label_array(a, k) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 3:
+        raise ValueError(f"labels[{k!r}] must be a 3D array [X, Y, Z], got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)):
+        if np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0):
+            a = a.astype(np.int64)
+        else:
+            raise ValueError(f"labels[{k!r}] must hold integer class ids, got dtype {a.dtype}")
+    return a
+
+
+class LabelView(Mapping):
+    """A validated, lazy view of a label mapping ``id -> int array [X, Y, Z]`` (string ids, sorted).
+
+    Nothing is loaded up front: each access reads the caller's mapping (which may itself read a file,
+    as the protocol's ground truth does) and validates the array; only the last accessed image is
+    kept, so the random baselines and the starting budget hold one pool label at a time, not all of
+    them.  :meth:`scan` makes one pass over all images for their shapes and present classes.
+    """
+
+    def __init__(self, labels: Mapping) -> None:
+        self._src = labels
+        self._keys = {str(k): k for k in labels}
+        self._ids = sorted(self._keys)
+        self._last: tuple[str, np.ndarray] | None = None
+        self._scan: tuple[dict, dict] | None = None
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
+        if k not in self._keys:
+            raise KeyError(k)
+        a = _label_array(self._src[self._keys[k]], k)
+        self._last = (k, a)
+        return a
+
+    def __contains__(self, k) -> bool:
+        return k in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def scan(self) -> tuple[dict[str, tuple[int, ...]], dict[str, set[int]]]:
+        """``(shapes, present)``: per image its shape and the set of class ids in it (one pass)."""
+        if self._scan is None:
+            shapes, present = {}, {}
+            for k in self._ids:
+                a = self[k]
+                shapes[k] = tuple(a.shape)
+                present[k] = {int(c) for c in np.unique(a)}
+            self._scan = (shapes, present)
+        return self._scan
+
+
+def check_labels(labels, ids: Iterable[str] | None, strategy: str) -> LabelView:
+    """Validates a label mapping ``id -> int array [X, Y, Z]``; returns a lazy :class:`LabelView`
+    (each array is validated when it is read)."""
     if labels is None:
         raise ValueError(
             f"strategy {strategy!r} places boxes from the ground truth and needs labels= "
@@ -202,17 +261,7 @@ def check_labels(labels, ids: Iterable[str] | None, strategy: str) -> dict[str, 
         )
     if not isinstance(labels, Mapping) or len(labels) == 0:
         raise ValueError(f"labels must be a non-empty mapping image id -> label array, got {type(labels).__name__}")
-    out = {}
-    for k in sorted(labels):
-        a = np.asarray(labels[k])
-        if a.ndim != 3:
-            raise ValueError(f"labels[{k!r}] must be a 3D array [X, Y, Z], got shape {a.shape}")
-        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)):
-            if np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0):
-                a = a.astype(np.int64)
-            else:
-                raise ValueError(f"labels[{k!r}] must hold integer class ids, got dtype {a.dtype}")
-        out[str(k)] = a
+    out = LabelView(labels)
     if ids is not None:
         missing = sorted(set(ids) - set(out))
         if missing:

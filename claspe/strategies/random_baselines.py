@@ -217,7 +217,7 @@ class RandomStrategy:
         if self.needs_labels or labels is not None:
             lab = _io.check_labels(labels, None, self.name)
             ids = sorted(lab)
-            shapes = {k: tuple(v.shape) for k, v in lab.items()}
+            shapes, present_by_image = lab.scan()  # one label in memory at a time
         else:
             if probabilities is None:
                 raise ValueError(f"strategy {self.name!r} needs labels= or probabilities= to know the image shapes")
@@ -229,9 +229,7 @@ class RandomStrategy:
         if classes is not None:
             classes = [check_int(c, "class id", minimum=1) for c in classes]
             if lab:
-                present = set()
-                for v in lab.values():
-                    present.update(int(c) for c in np.unique(v))
+                present = set().union(*present_by_image.values())
                 absent = sorted(set(classes) - present)
                 if absent:
                     raise ValueError(f"class ids {absent} are absent from the labels (present: {sorted(present)})")
@@ -284,7 +282,7 @@ def starting_budget(
     boxes_per_class = check_int(boxes_per_class, "boxes_per_class", minimum=1)
     tries = check_int(tries_per_image, "tries_per_image", minimum=1)
     ids = sorted(lab)
-    present = {k: {int(c) for c in np.unique(v)} for k, v in lab.items()}
+    shapes, present = lab.scan()  # one label in memory at a time
     all_present = sorted(set().union(*present.values()))
     if classes is None:
         classes = [c for c in all_present if c > 0]
@@ -306,7 +304,7 @@ def starting_budget(
     gen = np.random.default_rng(seed)
     order = list(ids)
     gen.shuffle(order)  # the reference shuffles the image list first (when the strategy is built)
-    pool = _Pool(gen=gen, ids=ids, shapes={k: tuple(v.shape) for k, v in lab.items()}, labels=lab, patch=patch,
+    pool = _Pool(gen=gen, ids=ids, shapes=shapes, labels=lab, patch=patch,
                  taken={k: list(v) for k, v in by_image.items()}, tries=tries)
     files = {c: [k for k in ids if c in present[k]] for c in classes}  # insertion order = class order
     out: list[Patch] = []
