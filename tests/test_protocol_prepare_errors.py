@@ -103,6 +103,19 @@ def test_cli_prepare_reports_error(raw, tmp_path, capsys):
     assert "claspe prepare: error" in err and "synth_003" in err
 
 
+def test_cli_names_the_broken_json_file(raw, tmp_path, capsys):
+    from claspe.cli import main
+
+    _malformed_json(raw)
+    assert main(["prepare", str(raw), "--data-root", str(tmp_path / "d"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{raw / 'dataset.json'} is not valid JSON" in err
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text("{")
+    assert main(["run", "--config", str(cfg), "--data-root", str(tmp_path / "d")]) == 2
+    assert f"{cfg} is not valid JSON" in capsys.readouterr().err
+
+
 def test_load_prepared_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="claspe prepare"):
         load_prepared(tmp_path, "nothing")

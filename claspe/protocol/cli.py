@@ -42,7 +42,9 @@ def _cmd_prepare(args) -> int:
         raw = Path(args.raw)
         dj = raw / "dataset.json"
         if dj.is_file():
-            doc = json.loads(dj.read_text())
+            from claspe.data.io import read_json
+
+            doc = read_json(dj)
             if isinstance(doc, dict) and "modality" in doc and "training" in doc:  # MSD task folder
                 from claspe.data.importers import import_dataset
 
@@ -74,7 +76,9 @@ def _config_from_args(args):
     if args.experiment:
         return load_config(args.experiment)
     if args.config:
-        return ExperimentConfig.from_json(json.loads(Path(args.config).read_text()))
+        from claspe.data.io import read_json
+
+        return ExperimentConfig.from_json(read_json(args.config))
     if not args.dataset or not args.strategy:
         raise ValueError("give --dataset and --strategy (or --config FILE, or an experiment folder to resume)")
     fields = {}
@@ -119,7 +123,9 @@ def _cmd_evaluate(args) -> int:
 
         if not args.labels or not args.dataset_json:
             raise ValueError("--predictions needs --labels (the reference label folder) and --dataset-json")
-        dj = json.loads(Path(args.dataset_json).read_text())
+        from claspe.data.io import read_json
+
+        dj = read_json(args.dataset_json)
         fe = dj["file_ending"]
         classes = sorted(int(v) for k, v in dj["labels"].items() if k not in ("background", "ignore"))
         preds = sorted(p for p in Path(args.predictions).iterdir() if p.name.endswith(fe))

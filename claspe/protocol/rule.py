@@ -27,7 +27,6 @@ spacing, and nnU-Net's plan) and derives, in this order:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -54,8 +53,10 @@ def recommend_settings(prepared_dir: str | os.PathLike, *, configuration: str = 
     meta_path = d / "prepare.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{d} is not a prepared dataset (no prepare.json); run `claspe prepare` first")
-    meta = json.loads(meta_path.read_text())
-    plans = json.loads((d / "nnUNetPlans.json").read_text())
+    from claspe.data.io import read_json
+
+    meta = read_json(meta_path)
+    plans = read_json(d / "nnUNetPlans.json")
     pm = plans_manager(plans)
     if configuration not in plans["configurations"]:
         raise ValueError(f"{d}: the plans have no {configuration!r} configuration")
