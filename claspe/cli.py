@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    # claspe's own progress messages at INFO; other libraries' only from -v on (-vv: DEBUG everywhere)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("claspe").setLevel(min(level, logging.INFO))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
