@@ -111,3 +111,25 @@ def test_bad_labels():
         s.query(None, labels={"a": np.zeros((4, 4), int)}, **KW)
     with pytest.raises(ValueError, match="integer class ids"):
         s.query(None, labels={"a": np.full((4, 4, 4), 0.5)}, **KW)
+
+
+def test_damaged_probability_files_name_the_file(tmp_path):
+    """Truncated, empty or non-zip .npz/.npy files give a ValueError naming the file (numpy raises
+    BadZipFile, EOFError, TokenError ... or a ValueError without the path), for every entry form."""
+    a = PROBS[sorted(PROBS)[0]]
+    np.savez_compressed(tmp_path / "ok.npz", probabilities=a[0])
+    np.save(tmp_path / "ok.npy", a[0])
+    raw_npz, raw_npy = (tmp_path / "ok.npz").read_bytes(), (tmp_path / "ok.npy").read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw_npz[: len(raw_npz) // 2])
+    (tmp_path / "trunc.npy").write_bytes(raw_npy[: len(raw_npy) // 2])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip at all")
+    kw = {**KW, "query_size": 1}
+    for name in ("trunc.npz", "trunc.npy", "empty.npz", "empty.npy", "garbage.npz"):
+        bad = tmp_path / name
+        for value in ([bad], [tmp_path / "ok.npy", bad], str(bad)):
+            with pytest.raises(ValueError, match=f"cannot read .*{name}"):
+                get_strategy("clasp_pe").query({"x": value}, **kw)
+        with pytest.raises(ValueError, match=f"cannot read .*{name}"):  # reads the shape of fold 0 only
+            get_strategy("random").query({"x": [bad]}, **kw)

@@ -38,25 +38,52 @@ def image_key(image_id: str) -> int:
     return zlib.crc32(str(image_id).encode("utf-8")) & 0xFFFFFFFF
 
 
+def _unreadable(p: Path, what: str, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"{what}: cannot read {p} as a NumPy {p.suffix} file ({type(exc).__name__}: {exc}); "
+        f"is it corrupt or not fully written?"
+    )
+
+
+def _np_load(p: Path, what: str, **kwargs):
+    """``np.load`` whose failures on a damaged file (numpy raises ValueError, EOFError,
+    zipfile.BadZipFile, SyntaxError, tokenize.TokenError, OSError ...) become one ValueError
+    naming the file."""
+    try:
+        return np.load(p, allow_pickle=False, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise _unreadable(p, what, exc) from exc
+
+
 def load_array_file(path: str | Path, what: str) -> np.ndarray:
-    """Loads a ``.npy`` or ``.npz`` file (key ``probabilities`` or the only array in the file)."""
+    """Loads a ``.npy`` or ``.npz`` file (key ``probabilities`` or the only array in the file).
+
+    ``FileNotFoundError`` for a missing file; ``ValueError`` naming the file for a damaged one
+    (truncated, empty, not a zip archive, bad CRC, pickled objects)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what}: file {p} not found")
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        return np.load(p, allow_pickle=False)
+        return _np_load(p, what)
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
+        with _np_load(p, what) as z:
             keys = list(z.keys())
             if NPZ_KEY in keys:
-                return z[NPZ_KEY]
-            if len(keys) == 1:
-                return z[keys[0]]
-            raise ValueError(
-                f"{what}: {p} has no array {NPZ_KEY!r} and holds {len(keys)} arrays {keys}; "
-                f"expected nnU-Net's probabilities file or a single-array .npz"
-            )
+                key = NPZ_KEY
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise ValueError(
+                    f"{what}: {p} has no array {NPZ_KEY!r} and holds {len(keys)} arrays {keys}; "
+                    f"expected nnU-Net's probabilities file or a single-array .npz"
+                )
+            try:
+                return z[key]
+            except Exception as exc:  # a damaged member: bad CRC, truncated data, bad header
+                raise _unreadable(p, what, exc) from exc
     raise ValueError(f"{what}: {p} is neither a .npy nor a .npz file")
 
 
@@ -127,7 +154,7 @@ def npy_fold_paths(value) -> list[Path] | None:
     for v in value:  # the fused engine path reads float32/float16; others are converted on load
         try:
             dtype = np.load(v, mmap_mode="r", allow_pickle=False).dtype
-        except ValueError:
+        except Exception:  # damaged file: load_array_file reports it with its name
             return None
         if dtype not in (np.float32, np.float16):
             return None
@@ -143,7 +170,7 @@ def first_fold_shape(value, image_id: str) -> tuple[int, ...]:
     """Spatial shape (X, Y, Z) of an image from its probabilities, reading at most one fold."""
     what = f"image {image_id!r}"
     if _is_pathlike(value) and Path(value).suffix.lower() == ".npy" and Path(value).is_file():
-        value = np.load(value, mmap_mode="r")
+        value = _np_load(Path(value), what, mmap_mode="r")
     for a in iter_folds(value, image_id):
         return tuple(int(s) for s in a.shape[1:])
     raise ValueError(f"{what}: no folds")  # pragma: no cover - iter_folds raises first
