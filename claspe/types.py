@@ -7,10 +7,20 @@ from typing import Any
 
 
 def _triple(value: Any, name: str) -> tuple[int, int, int]:
+    """3 integers; integer-valued floats (``3.0`` from a JSON file) are accepted, anything else
+    (``0.5``, ``"a"``, ``True``, a scalar) is a ``ValueError`` naming the field."""
     try:
-        t = tuple(int(v) for v in value)
+        items = list(value)
     except TypeError as exc:
         raise ValueError(f"{name} must be a sequence of 3 integers, got {value!r}") from exc
+    if isinstance(value, (str, bytes)) or any(isinstance(v, (bool, str, bytes)) for v in items):
+        raise ValueError(f"{name} must be a sequence of 3 integers, got {value!r}")
+    try:
+        t = tuple(int(v) for v in items)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be a sequence of 3 integers, got {value!r}") from exc
+    if any(t_i != v for t_i, v in zip(t, items)):
+        raise ValueError(f"{name} must hold integers, got {value!r}")
     if len(t) != 3:
         raise ValueError(f"{name} must have 3 entries, got {value!r}")
     return t  # type: ignore[return-value]

@@ -133,3 +133,23 @@ def test_damaged_probability_files_name_the_file(tmp_path):
                 get_strategy("clasp_pe").query({"x": value}, **kw)
         with pytest.raises(ValueError, match=f"cannot read .*{name}"):  # reads the shape of fold 0 only
             get_strategy("random").query({"x": [bad]}, **kw)
+
+
+def test_annotated_entries_validated_and_loop_documents_accepted():
+    """Patch coordinates must be integers (``0.5`` was truncated to 0 silently; ``"abc"`` gave
+    int()'s message without the field); a whole nnActive loop document ``{"patches": [...]}`` is
+    accepted as ``annotated`` and blocks its boxes."""
+    first = sorted(PROBS)[0]
+    s = get_strategy("pred_entropy")
+    for coords, match in [([0.5, 0, 0], "Patch.coords must hold integers"),
+                          ("abc", "Patch.coords must be a sequence of 3 integers"),
+                          ([True, 0, 0], "Patch.coords must be a sequence of 3 integers")]:
+        with pytest.raises(ValueError, match=match):
+            s.query(PROBS, annotated=[{"file": first, "coords": coords, "size": [3, 3, 3]}], **KW)
+    assert Patch(file="a", coords=[1.0, 2, 3], size=np.array([3, 3, 3])).coords == (1, 2, 3)
+    shape = PROBS[first].shape[2:]
+    whole = {"file": first, "coords": [0, 0, 0], "size": list(shape)}
+    as_list = s.query(PROBS, annotated=[whole], **KW)
+    for doc in ({"patches": [whole]}, [{"patches": [whole]}, {"patches": []}]):
+        got = s.query(PROBS, annotated=doc, **KW)
+        assert got == as_list and all(p.file != first for p in got)

@@ -187,8 +187,13 @@ def to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def _is_loop_doc(x) -> bool:
+    return isinstance(x, Mapping) and "patches" in x and "file" not in x
+
+
 def as_patches(items, what: str = "annotated") -> list[Patch]:
-    """``Patch`` objects from Patches or nnActive dicts ``{"file", "coords", "size"}``."""
+    """``Patch`` objects from Patches or nnActive dicts ``{"file", "coords", "size"}``; a whole
+    loop-file document ``{"patches": [...]}`` (or a list of them) contributes its patches."""
     if items is None:
         return []
     if isinstance(items, (Patch, Mapping)):
@@ -197,6 +202,11 @@ def as_patches(items, what: str = "annotated") -> list[Patch]:
     for it in items:
         if isinstance(it, Patch):
             out.append(it)
+        elif _is_loop_doc(it):
+            entries = it["patches"]
+            if not isinstance(entries, (list, tuple)):
+                raise ValueError(f"{what}: a loop file's 'patches' must be a list, got {type(entries).__name__}")
+            out.extend(as_patches(list(entries), what))
         elif isinstance(it, Mapping):
             out.append(Patch.from_json(it))
         else:
