@@ -65,7 +65,9 @@ def test_aubc_known_curves():
 @pytest.mark.parametrize("values,budgets,msg", [
     ([0.5], None, "at least 2"),
     ([0.5, float("nan"), 0.6], None, "NaN"),
-    ([0.5, 0.6], [10, 10], "strictly increasing"),
+    ([0.5, 0.6], [10, 10], "distinct"),
+    ([0.5, 0.6], [10, float("nan")], "finite"),
+    (["a", "b"], None, "numbers"),
     ([0.5, 0.6], [10, 20, 30], "shape"),
     ([[0.5, 0.6]], None, "1-D"),
 ])
@@ -81,6 +83,30 @@ def test_aubc_bounded_and_scale_invariant_in_budgets(y, scale):
     assert min(y) - 1e-12 <= a <= max(y) + 1e-12
     b = np.arange(len(y)) * scale + 7
     assert metrics.aubc(y, b) == pytest.approx(a)
+
+
+def test_aubc_sorts_steps_by_budget_and_takes_a_mapping():
+    """METHOD.md §5 sorts a run's loops by budget: budgets given out of order are sorted with their
+    values (was a ValueError), and ``{budget: value}`` is the same curve (was a TypeError)."""
+    y, b = [0.2, 0.4, 0.6, 0.8, 1.0], [40, 80, 120, 160, 200]
+    perm = [3, 0, 4, 2, 1]
+    expected = (0.1 + 0.4 + 0.6 + 0.8 + 0.5) / 4
+    assert metrics.aubc([y[i] for i in perm], budgets=[b[i] for i in perm]) == pytest.approx(expected)
+    assert metrics.aubc({b[i]: y[i] for i in perm}) == pytest.approx(expected)
+    assert metrics.aubc({0: 0.0, 3: 1.0, 1: 1.0}) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="not both"):
+        metrics.aubc({1: 0.5, 2: 0.6}, budgets=[1, 2])
+
+
+def test_dice_single_label_and_no_scored_class():
+    """A single label value is one label (was a TypeError); cases with no scored class are an
+    error (was NaN with numpy RuntimeWarnings)."""
+    pred, ref = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2])
+    assert metrics.dice_per_class(pred, ref, 2) == metrics.dice_per_class(pred, ref, [2])
+    with pytest.raises(ValueError, match="labels must be"):
+        metrics.dice_per_class(pred, ref, "1")
+    with pytest.raises(ValueError, match="no scored class"):
+        metrics.mean_foreground_dice({"a": {}, "b": {}})
 
 
 def test_final_dice():

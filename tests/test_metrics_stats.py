@@ -79,6 +79,20 @@ def test_ppm_pairs_by_row_and_truncates_and_skips_single_seed():
     assert not m1.any()
 
 
+def test_ppm_nan_drops_only_its_own_pair():
+    """A NaN (missing run) of one seed must not shift the other seeds' pairing: seeds 0, 2, 3 of
+    both methods stay paired (before, a's seeds 0, 2, 3 were paired with b's seeds 0, 1, 2)."""
+    base = np.array([0.50, 0.80, 0.60, 0.70])[:, None] * np.ones((1, 3))
+    b = base - np.array([0.05, 0.051, 0.049, 0.050])[:, None]
+    a = base.copy()
+    a[1, :] = np.nan
+    _, m = metrics.penalty_matrix({"a": a, "b": b})
+    assert m[0, 1] == pytest.approx(1.0) and m[1, 0] == 0.0  # a beats b by ~0.05 at every step
+    methods, tests = metrics.pairwise_tests({"a": a, "b": b})
+    assert [t.n for t in tests] == [3, 3, 3]
+    assert all(t.mean_diff == pytest.approx(0.05, abs=1e-3) for t in tests)
+
+
 def test_ppm_bad_input():
     with pytest.raises(ValueError, match="at least 2"):
         metrics.penalty_matrix({"a": np.zeros((4, 5))})

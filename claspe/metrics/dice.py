@@ -20,6 +20,10 @@ import numpy as np
 
 
 def _labels(labels) -> list[int]:
+    if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):  # one label value
+        labels = [labels]
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (Mapping, Iterable)):
+        raise ValueError(f"labels must be label values (ints) or a dataset.json labels mapping, got {labels!r}")
     if isinstance(labels, Mapping):  # a dataset.json "labels" dict: name -> value (background/ignore skipped)
         labels = [v for k, v in labels.items() if str(k).lower() not in ("background", "ignore")
                   and not isinstance(v, (list, tuple))]
@@ -117,4 +121,6 @@ def mean_foreground_dice(per_case: Mapping[str, Mapping] | Iterable[Mapping]) ->
     A class that is NaN in every case makes the result NaN, exactly as in nnU-Net.
     """
     means = class_means(per_case)
+    if not means:
+        raise ValueError("per_case has no scored class: every case maps no label to a Dice value")
     return float(np.mean(list(means.values())))

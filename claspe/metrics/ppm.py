@@ -14,6 +14,8 @@ so the Holm family has ``n_pairs · n_budgets`` members.
 
 Decisions where the reference is silent or odd (documented here):
 
+* a NaN value (a missing run) removes only its own pair: rows stay paired by row index (seed),
+  so a gap in one method's table never shifts its later seeds onto another method's earlier ones;
 * a pair with fewer than 2 paired seeds at a step is not tested (contributes nothing, like the
   reference's ``len(exp) <= 1`` skip); :func:`pairwise_tests` reports p = NaN for it;
 * if all paired differences are exactly 0 scipy returns p = NaN: not significant;
@@ -79,15 +81,13 @@ def pairwise_tests(results: Mapping[str, object], alpha: float = 0.05, correctio
     for i in range(len(methods)):
         for j in range(i + 1, len(methods)):
             for b in range(n_b):
-                xi = arrays[i][:, b]
-                xj = arrays[j][:, b]
-                xi = xi[np.isfinite(xi)]
-                xj = xj[np.isfinite(xj)]
-                n = min(xi.size, xj.size)
+                rows = min(arrays[i].shape[0], arrays[j].shape[0])  # paired by row, truncated
+                d = arrays[i][:rows, b] - arrays[j][:rows, b]
+                d = d[np.isfinite(d)]  # a NaN (missing run) drops its pair, not the pairing of the rest
+                n = d.size
                 if n < 2:
                     raw.append((i, j, b, n, math.nan, math.nan, math.nan))
                     continue
-                d = xi[:n] - xj[:n]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     res = stats.ttest_1samp(d, 0.0)
                 raw.append((i, j, b, n, float(np.mean(d)), float(res.statistic), float(res.pvalue)))
