@@ -29,6 +29,7 @@ Validation
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -145,17 +146,34 @@ def parse_interface(cai: dict, name: str) -> tuple[int, np.dtype, int, tuple, tu
     return ptr, dtype, code, shape, strides, is_c_contiguous(shape, strides), (None if stream is None else int(stream))
 
 
-def _current_stream(a, device: int, cai_stream: int | None) -> int:
-    if _is_torch(a):
+def _lib_stream(lib: str | None, device: int, fallback: int) -> int:
+    """The caller's current stream on ``device`` for arrays of ``lib`` ("torch"/"cupy"), read now;
+    ``fallback`` (the array interface's ``stream``, or 0) for other producers."""
+    if lib == "torch":
         import torch
 
         return int(torch.cuda.current_stream(device).cuda_stream)
-    if _is_cupy(a):
+    if lib == "cupy":
         import cupy
 
         with cupy.cuda.Device(device):
             return int(cupy.cuda.get_current_stream().ptr)
-    return 0 if cai_stream is None else int(cai_stream)
+    return fallback
+
+
+def _current_stream(a, device: int, cai_stream: int | None) -> int:
+    lib = "torch" if _is_torch(a) else ("cupy" if _is_cupy(a) else None)
+    return _lib_stream(lib, device, 0 if cai_stream is None else int(cai_stream))
+
+
+def finish(a: DevArray) -> None:
+    """Called after queueing kernels whose outputs go back to the caller.  For torch/CuPy inputs nothing
+    is needed (kernels and outputs are on the caller's current stream).  For other producers the kernels
+    ran on the producer's interface stream (or the legacy default stream) while the outputs are torch /
+    CuPy arrays whose users order work on *their* current stream: synchronize, so those users never see
+    unfinished outputs."""
+    if a.lib is None:
+        _ext._C.cuda_synchronize(a.device, a.stream)
 
 
 def describe(a, name: str, *, dtypes=("float32", "float16"), ndim: int | tuple[int, ...] | None = None) -> DevArray:
@@ -361,15 +379,24 @@ class CudaFoldAccumulator:
         else:
             raise_probability_checks(r, "fold", tol)
         if self.sum is None:
-            self._like = a
             self.shape = a.shape
+        # keep the fold's library, device and stream, not the fold itself (a reference here would keep
+        # the first fold's memory alive for the accumulator's lifetime)
+        self._like = dataclasses.replace(a, obj=None)
         self.sum, self._sum_ptr, self.ent, self._ent_ptr = new_sum, sptr, new_ent, eptr
         self.n_folds += 1
 
-    def _divided(self, ptr: int, shape) -> object:
+    def _now(self) -> DevArray:
+        """``_like`` with the stream current *now* (torch/CuPy folds): mean/maps are queued on the caller's
+        stream of this call, not the one that was current when the folds were added."""
         like = self._like
+        return dataclasses.replace(like, stream=_lib_stream(like.lib, like.device, like.stream))
+
+    def _divided(self, ptr: int, shape) -> object:
+        like = self._now()
         out, optr = empty(like, shape, np.float32)
         _ext._C.cuda_divide(ptr, float(self.n_folds), optr, math.prod(shape), like.device, like.stream)
+        finish(like)
         return out
 
     def mean(self):
@@ -379,13 +406,14 @@ class CudaFoldAccumulator:
         return self._divided(self._ent_ptr, self.shape[1:])
 
     def score_maps(self, score: str, classes: list[int]):
-        like = self._like
+        like = self._now()
         kind = _kind(score)
         K = len(classes) + 1 if score == "class_pe" else 1
         out, optr = empty(like, (K,) + self.shape[1:], np.float32)
         mfe = _contig_desc(self._ent_ptr, (1,) + self.shape[1:]) if score in ("bald", "expected_entropy") else None
         _ext._C.cuda_score_maps(_contig_desc(self._sum_ptr, self.shape), float(self.n_folds), kind, list(classes),
                                 mfe, float(self.n_folds), optr, like.device, like.stream)
+        finish(like)
         return out
 
     def box_scores(self, score: str, classes: list[int], patch, stride):
@@ -418,6 +446,7 @@ def score_maps(mean, score: str, classes, mean_fold_entropy=None):
     K = len(classes) + 1 if score == "class_pe" else 1
     out, optr = empty(m, (K,) + m.shape[1:], np.float32)
     _ext._C.cuda_score_maps(m.desc(), 1.0, kind, classes, mfe, 1.0, optr, m.device, m.stream)
+    finish(m)
     return out
 
 
@@ -444,8 +473,7 @@ def box_mean(maps, patch, stride, *, _validated: bool = False):
     t2, p2 = empty(a4, (K, X, ny, nz), np.float64)
     out, optr = empty(a4, (nx, ny, nz) if squeeze else (K, nx, ny, nz), np.float32)
     _ext._C.cuda_box_mean(a4.desc(), list(patch), list(stride), p1, p2, optr, a4.device, a4.stream)
-    if a4.lib is None:  # scratch came from torch/CuPy's current stream, the kernels ran on the interface's
-        _ext._C.cuda_synchronize(a4.device, a4.stream)
+    finish(a4)  # other producers: scratch and output came from torch/CuPy's stream, the kernels ran on another
     del t1, t2  # torch/CuPy caching allocators are stream-ordered: the blocks are reused only after the kernels
     return out
 
@@ -480,6 +508,7 @@ def power_noise(scores, beta, *, seed: int, loop: int, image: int, key: int, noi
     out, optr = empty(s, s.shape, np.float32)
     _ext._C.cuda_power_noise(s.desc(), float(beta), int(seed), int(loop), int(image), int(key) & 0xFFFFFFFF,
                              nz_desc, optr, s.device, s.stream)
+    finish(s)
     return out
 
 

@@ -13,6 +13,8 @@ stand-in objects that expose host memory through ``__cuda_array_interface__``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -319,3 +321,63 @@ def test_score_maps_match_the_cpu_engine_bits_including_signed_zeros():
         cpu = ops.score_maps(mean, score, cls or None, mean_fold_entropy=mfe, backend="cpu")
         emu = C_.cuda_emulate_score_maps(mean, np.float32(1), ops.SCORES.index(score), cls, mfe, np.float32(1))
         assert np.array_equal(emu.view(np.uint32), cpu.view(np.uint32)), score
+
+
+class _FakeCudaEntryPoints:
+    """Stands in for claspe._C's CUDA entry points (there is no GPU here): records the stream of every
+    call and pretends the fold passed its checks.  Only claspe/_cuda.py's orchestration is under test."""
+
+    def __init__(self):
+        self.calls = []
+
+    def cuda_pointer_device(self, ptr):
+        return 0
+
+    def cuda_accumulate(self, fold, old_sum, new_sum, old_ent, new_ent, logits, lo, hi, device, stream):
+        self.calls.append(("accumulate", stream))
+        return dict(nan=False, posinf=False, neginf=False, below=False, above=False, max_sum_dev=0.0)
+
+    def cuda_divide(self, src, div, out, n, device, stream):
+        self.calls.append(("divide", stream))
+
+    def cuda_score_maps(self, src, src_div, kind, classes, mfe, mfe_div, out, device, stream):
+        self.calls.append(("maps", stream))
+
+    def cuda_synchronize(self, device, stream):
+        self.calls.append(("sync", stream))
+
+
+def test_gpu_accumulator_keeps_no_fold_and_queues_on_the_stream_of_each_call(monkeypatch):
+    """Regressions: the accumulator kept the first fold alive (its DevArray held the array), and mean /
+    score maps ran on the stream that was current at the first add() instead of the caller's current one;
+    outputs of non-torch/CuPy producers came back without synchronizing the stream the kernels ran on."""
+    import gc
+    import weakref
+
+    fake = _FakeCudaEntryPoints()
+    monkeypatch.setattr(_ext, "_C", fake)
+    monkeypatch.setattr(_cuda, "empty", lambda like, shape, dtype: (np.zeros(shape, dtype), 4096))
+
+    class Producer(HostAsGPU):  # a foreign producer whose array interface names stream 7
+        @property
+        def __cuda_array_interface__(self):
+            return {**super().__cuda_array_interface__, "stream": 7}
+
+    fold = Producer(_probs(np.random.default_rng(0), (2, 3, 3, 3)))
+    alive = weakref.ref(fold)
+    acc = _cuda.CudaFoldAccumulator()
+    acc.add(fold)
+    del fold
+    gc.collect()
+    assert alive() is None, "the accumulator keeps the first fold alive"
+    acc.mean()
+    acc.score_maps("pe", [])
+    assert fake.calls == [("accumulate", 7), ("divide", 7), ("sync", 7), ("maps", 7), ("sync", 7)]
+
+    # torch/CuPy folds: the stream is read again at each call (here: the caller switched to stream 99)
+    fake.calls.clear()
+    acc._like = dataclasses.replace(acc._like, lib="torch")
+    monkeypatch.setattr(_cuda, "_lib_stream", lambda lib, device, fallback: 99 if lib == "torch" else fallback)
+    acc.mean()
+    acc.score_maps("pe", [])
+    assert fake.calls == [("divide", 99), ("maps", 99)]
