@@ -160,6 +160,15 @@ def test_fg_eff_bad_input():
         metrics.foreground_efficiency([0.1, 0.2], [0.5, 0.6], 0.9, x0=0.05)
 
 
+def test_fg_eff_without_points_beyond_x0_is_an_error():
+    """Only starting-budget points (all at x0): the model is c - a for every gamma, so there is no
+    gamma to report (was a meaningless gamma=0.001 with variance inf)."""
+    with pytest.raises(ValueError, match="not identifiable"):
+        metrics.foreground_efficiency([0.1, 0.1, 0.1], [0.5, 0.6, 0.55], 0.9)
+    with pytest.raises(ValueError, match="must be numbers"):
+        metrics.foreground_efficiency(["a", "b"], [0.5, 0.6], 0.9)
+
+
 # ---------------------------------------------------------------- mean table
 def test_mean_table_standard_error_matches_reference_formula():
     rng = np.random.default_rng(1)

@@ -143,6 +143,18 @@ def test_rank_ties_min_and_mean_ranks():
     assert mr.loc["A", "mean_rank"] == 2.0 and mr.loc["A", "std_rank"] == pytest.approx(math.sqrt(2))
 
 
+def test_ranks_of_a_plain_array_and_of_no_setting():
+    """A 2-D array is a settings × methods table (was AttributeError: no .isna); a table without
+    settings is a ValueError (was IndexError)."""
+    a = np.array([[0.9, 0.9, 0.1], [0.5, 0.6, 0.7]])
+    assert metrics.rank_table(a).to_numpy().tolist() == [[1, 1, 3], [3, 2, 1]]
+    assert metrics.mean_ranks(a).set_index("method")["mean_rank"].to_dict() == {0: 2.0, 1: 1.5, 2: 2.0}
+    with pytest.raises(ValueError, match="at least one setting"):
+        metrics.mean_ranks(pd.DataFrame({"A": [], "B": []}))
+    with pytest.raises(ValueError, match="2-D"):
+        metrics.rank_table(np.zeros(3))
+
+
 @given(arrays(np.float64, (4, 6), elements=st.floats(0, 1), unique=True))
 @settings(max_examples=40, deadline=None)
 def test_ranks_sum_property(vals):

@@ -88,8 +88,8 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
         variance) as the "std" of gamma; that value is kept as ``.variance``.
 
     Raises:
-        ValueError: shapes differ, fewer than 2 points (3 with c fitted), non-finite input, or no
-            point at x0 when ``a`` must be computed.
+        ValueError: shapes differ, fewer than 2 points (3 with c fitted), non-finite input, no
+            point at x0 when ``a`` must be computed, or no point beyond x0 (gamma undefined).
     """
     from scipy.optimize import curve_fit
 
@@ -97,8 +97,11 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
         if full_data_dice is not None and float(full_data_dice) != float(c):
             raise ValueError(f"full_data_dice={full_data_dice} and c={c} disagree; give one")
         full_data_dice = c
-    x = np.asarray(fg_fraction, dtype=float).ravel()
-    y = np.asarray(dice, dtype=float).ravel()
+    try:
+        x = np.asarray(fg_fraction, dtype=float).ravel()
+        y = np.asarray(dice, dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"fg_fraction and dice must be numbers: {exc}") from exc
     if x.shape != y.shape:
         raise ValueError(f"fg_fraction has {x.size} values but dice has {y.size}")
     keep = np.isfinite(x) & np.isfinite(y)
@@ -111,6 +114,11 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
         x0 = float(np.min(x))
     at_x0 = np.isclose(x, x0, rtol=1e-9, atol=1e-12)
     y0 = float(np.mean(y[at_x0])) if np.any(at_x0) else None
+    if not np.any(x[~at_x0] > x0):  # every point sits at x0, where the model is c - a for any gamma
+        raise ValueError(
+            f"foreground_efficiency needs a point with fg_fraction > x0={x0:g} (all {x.size} points are at or "
+            f"below x0): gamma is not identifiable from the starting budget alone"
+        )
 
     if not fit_c:
         c = float(full_data_dice)

@@ -39,10 +39,24 @@ def seed_mean_table(df: pd.DataFrame, value: str, *, setting: str = "setting", m
     return t
 
 
+def _as_table(table, what: str) -> pd.DataFrame:
+    """A settings × methods DataFrame (a 2-D array gets default row/column labels)."""
+    if isinstance(table, pd.DataFrame):
+        return table
+    try:
+        a = np.asarray(table, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} needs a settings × methods DataFrame or 2-D array, got {type(table).__name__}") from exc
+    if a.ndim != 2:
+        raise ValueError(f"{what} needs a settings × methods table (2-D), got shape {a.shape}")
+    return pd.DataFrame(a)
+
+
 def rank_table(table: pd.DataFrame) -> pd.DataFrame:
     """Rank methods within each setting (row): 1 = best (highest value), ties -> minimum rank."""
     from scipy.stats import rankdata
 
+    table = _as_table(table, "rank_table")
     if table.isna().any().any():
         raise ValueError("rank_table needs a complete settings × methods table (no NaN)")
     ranks = np.vstack([rankdata(-row, method="min") for row in table.to_numpy(dtype=float)]) if len(table) else \
@@ -53,6 +67,8 @@ def rank_table(table: pd.DataFrame) -> pd.DataFrame:
 def mean_ranks(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (ddof=1; 0 for one setting) of each method's rank across settings."""
     r = rank_table(table)
+    if len(r) == 0:
+        raise ValueError("mean_ranks needs at least one setting (the table has no rows)")
     std = r.std(axis=0, ddof=1) if len(r) > 1 else r.iloc[0] * 0.0
     out = pd.DataFrame({"method": r.columns, "mean_rank": r.mean(axis=0).to_numpy(),
                         "std_rank": std.to_numpy(), "n_settings": len(r)})
@@ -77,6 +93,7 @@ def friedman_nemenyi(table: pd.DataFrame) -> FriedmanResult:
     import scikit_posthocs as sp
     from scipy.stats import friedmanchisquare
 
+    table = _as_table(table, "friedman_nemenyi")
     if table.isna().any().any():
         raise ValueError("friedman_nemenyi needs a complete settings × methods table (no NaN)")
     n_s, n_m = table.shape
@@ -139,9 +156,10 @@ def leave_one_seed_out(df: pd.DataFrame, value: str, *, setting: str = "setting"
     from scipy.stats import kendalltau
 
     _check_long(df, [setting, method, seed, value])
-    full = mean_ranks(seed_mean_table(df, value, setting=setting, method=method))
-    if full.empty or full["n_settings"].iloc[0] == 0:
+    full_t = seed_mean_table(df, value, setting=setting, method=method)
+    if full_t.empty:
         raise ValueError(f"no setting with all methods present for {value!r}")
+    full = mean_ranks(full_t)
     full_r = full.set_index("method")["mean_rank"]
     rows = [{"dropped_seed": "none", "method": m, "mean_rank": r, "kendall_tau": 1.0, "kendall_p": 0.0,
              "top": full["method"].iloc[0]} for m, r in full_r.items()]
