@@ -191,6 +191,77 @@ def test_non_default_stream():
     assert np.array_equal(host(box), ops.box_mean(folds[0], 3, 2, backend="cpu"))
 
 
+def test_accumulator_outputs_use_the_stream_of_each_call():
+    """Folds added on a side stream, mean / maps / box scores asked for on the default stream."""
+    torch = _torch()
+    rng = np.random.default_rng(19)
+    folds = [_probs(rng, (3, 40, 36, 33)) for _ in range(2)]
+    cpu = ops.FoldAccumulator(backend="cpu")
+    acc = ops.FoldAccumulator()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        for f in folds:
+            acc.add(gpu(f))
+    for f in folds:
+        cpu.add(f)
+    mean = acc.mean()  # queued on the default (current) stream now; host() reads it on that stream
+    box = acc.box_scores("class_pe", [1], patch=8, stride=(3, 4, 5))
+    assert np.array_equal(host(mean), cpu.mean())
+    assert np.array_equal(host(box), cpu.box_scores("class_pe", [1], patch=8, stride=(3, 4, 5)))
+
+
+class _Foreign:
+    """A producer that is neither torch nor CuPy: only ``__cuda_array_interface__`` v3 with its stream."""
+
+    def __init__(self, t, stream: int):
+        self._t, self._stream = t, stream
+
+    @property
+    def __cuda_array_interface__(self):
+        return {**self._t.__cuda_array_interface__, "version": 3, "stream": self._stream}
+
+
+def test_foreign_producer_on_its_interface_stream():
+    torch = _torch()
+    rng = np.random.default_rng(18)
+    maps = rng.random((2, 20, 21, 22)).astype(np.float32)
+    probs = _probs(rng, (3, 9, 8, 7))
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):  # the producer writes on s and says so in the interface
+        tm, tp = gpu(maps), gpu(probs)
+    out = ops.box_mean(_Foreign(tm, s.cuda_stream), 4, 2)  # a torch tensor, finished when returned
+    assert np.array_equal(host(out), ops.box_mean(maps, 4, 2, backend="cpu"))
+    noised = ops.power_noise(_Foreign(gpu(maps[0]), 1), 0.5, seed=3)  # 1: the legacy default stream
+    assert np.array_equal(host(noised), ops.power_noise(maps[0], 0.5, seed=3, backend="cpu"))
+    acc, cpu = ops.FoldAccumulator(), ops.FoldAccumulator(backend="cpu")
+    acc.add(_Foreign(tp, s.cuda_stream))
+    cpu.add(probs)
+    assert np.array_equal(host(acc.mean()), cpu.mean())
+    assert np.array_equal(host(acc.score_maps("pe")), cpu.score_maps("pe"))
+
+
+def test_large_fold_offsets_beyond_2_31_elements():
+    """A [24, 512, 512, 400] float16 fold: 2.5e9 elements, 5 GB; element and byte offsets need 64 bits."""
+    torch = _torch()
+    if torch.cuda.get_device_properties(0).total_memory < 40e9:
+        pytest.skip("needs about 30 GB of GPU memory")
+    C, shape = 24, (512, 512, 400)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    fold = torch.empty((C, *shape), device="cuda", dtype=torch.float16)
+    for x0 in range(0, shape[0], 64):  # torch ops on slabs of < 2**31 elements: only claspe sees the whole
+        slab = torch.randn((C, 64, *shape[1:]), device="cuda", generator=g)
+        fold[:, x0:x0 + 64] = torch.softmax(slab, dim=0).half()
+    del slab
+    acc = ops.FoldAccumulator()
+    acc.add(fold)
+    tail = host(fold[:, -2:]).astype(np.float32)  # the last two x-planes of every channel
+    assert np.array_equal(host(acc.mean()[:, -2:]), tail)
+    maps = acc.score_maps("class_pe", [C - 1])
+    assert np.array_equal(host(maps[:, -2:]), ops.score_maps(tail, "class_pe", [C - 1], backend="cpu"))
+    del fold, acc, maps
+    torch.cuda.empty_cache()
+
+
 def test_dlpack_only_producer():
     rng = np.random.default_rng(13)
     maps = rng.random((2, 10, 11, 12)).astype(np.float32)
