@@ -217,8 +217,10 @@ def _check_score_classes(score: str, classes, n_channels: int) -> list[int]:
     _score_kind(score)
     if score != "class_pe":
         return []
-    if classes is None or len(classes) == 0:
-        raise ValueError("score 'class_pe' needs a non-empty list of classes")
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):  # one class id
+        classes = [classes]
+    if classes is None or not hasattr(classes, "__len__") or len(classes) == 0:
+        raise ValueError(f"score 'class_pe' needs a non-empty list of classes, got {classes!r}")
     try:
         cls = [int(c) for c in classes]
     except (TypeError, ValueError) as exc:
@@ -630,11 +632,16 @@ def power_noise(scores, beta=None, *, seed: int = 0, loop: int = 0, image: int =
     if (s < 0).any():
         raise ValueError("scores must be >= 0 for log-scale power noising")
     if noise is None:
-        if beta is None or not np.isfinite(beta) or beta <= 0:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(beta) or beta <= 0:
             raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
         _check_seed_fields(seed, loop, image, key)
     else:
+        if hasattr(noise, "detach") and hasattr(noise, "numpy"):  # torch CPU tensor
+            noise = noise.detach().numpy()
         noise = np.asarray(noise)
+        if noise.dtype.kind not in "iuf":
+            raise ValueError(f"noise must be a real-valued array, got dtype {noise.dtype}")
         if noise.shape != s.shape:
             raise ValueError(f"noise shape {noise.shape} != scores shape {s.shape}")
         if not np.isfinite(noise).all():
@@ -651,6 +658,8 @@ def power_noise(scores, beta=None, *, seed: int = 0, loop: int = 0, image: int =
 
 
 def _check_boxes(blocked, name: str = "blocked") -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    if blocked is None:
+        return []
     out = []
     for b in blocked:
         if hasattr(b, "coords") and hasattr(b, "size"):
@@ -679,8 +688,10 @@ def _check_select_args(scores_shape, *, patch, stride, volume_shape, quotas, blo
             f"stride {stride} (expected {expect})"
         )
     try:
+        if any(isinstance(q, bool) or int(q) != q for q in quotas):
+            raise ValueError("not integral")
         quotas = [int(q) for q in quotas]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"quotas must be integers, got {quotas!r}") from exc
     if len(quotas) != scores_shape[0]:
         raise ValueError(f"{len(quotas)} quotas for {scores_shape[0]} keys")

@@ -209,3 +209,23 @@ def test_backend_names():
         ops.box_mean(np.ones((2, 2, 2), np.float32), 1, backend="tpu")
     with pytest.raises(ValueError, match="threads"):
         ops.set_num_threads(0)
+
+
+def test_argument_types_give_value_errors(backend):
+    """Inputs that used to escape as TypeError (or be truncated): a string beta, a string noise
+    array, ``blocked=None``, fractional quotas; one class id as an int is a list of one."""
+    s = np.ones((2, 3, 3, 3), np.float32)
+    for beta in ("a", True, None):
+        with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+            ops.power_noise(s, beta, backend=backend)
+    with pytest.raises(ValueError, match="noise must be a real-valued array"):
+        ops.power_noise(s[0, 0, 0], noise=["a", "b", "c"], backend=backend)
+    kw = dict(patch=2, stride=1, volume_shape=(4, 4, 4), backend=backend)
+    assert [len(st) for st, _ in ops.select_patches(s, quotas=[1, 1], blocked=None, **kw)] == [1, 1]
+    with pytest.raises(ValueError, match="quotas must be integers"):
+        ops.select_patches(s, quotas=[1.5, 1], **kw)
+    acc = ops.FoldAccumulator(backend=backend)
+    acc.add(probs())
+    np.testing.assert_array_equal(acc.score_maps("class_pe", 1), acc.score_maps("class_pe", [1]))
+    with pytest.raises(ValueError, match="needs a non-empty list of classes"):
+        acc.score_maps("class_pe", "x" * 0)
