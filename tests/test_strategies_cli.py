@@ -123,6 +123,35 @@ def test_query_cli_errors(tmp_path, capsys):
     assert "no probability files" in capsys.readouterr().err
 
 
+def test_query_cli_rejects_ambiguous_input(tmp_path, capsys):
+    """Two --patch-size/--stride values (was: the first used on every axis), a flat folder holding
+    CASE.npy and CASE.npz (was: one silently chosen), malformed annotated entries (was TypeError),
+    --output naming a file (was FileExistsError)."""
+    probs_dir = _write_folds_layout(tmp_path / "probs")
+    base = ["query", str(probs_dir), "-q", "3", "--no-masks", "-o", str(tmp_path / "o")]
+    assert main([*base, "-p", "4", "4"]) == 2
+    assert "--patch-size takes 1 value (same on every axis) or 3 values, got 2" in capsys.readouterr().err
+    assert main([*base, "-p", "4", "--stride", "1", "2"]) == 2
+    assert "--stride takes 1 value" in capsys.readouterr().err
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    np.save(flat / f"{CASES[0]}.npy", PROBS[CASES[0] + ".nii.gz"])
+    np.savez(flat / f"{CASES[0]}.npz", probabilities=PROBS[CASES[0] + ".nii.gz"])
+    assert main(["query", str(flat), "-q", "1", "-p", "4", "--no-masks", "-o", str(tmp_path / "o")]) == 2
+    assert "has both a .npz and a .npy file" in capsys.readouterr().err
+    for doc, msg in (([1, 2], "patch entries must be claspe.Patch"),
+                     ({"patches": [{"file": CASES[0] + ".nii.gz", "coords": [0, 0], "size": [1, 1, 1]}]},
+                      "Patch.coords must have 3 entries")):
+        ann = tmp_path / "ann.json"
+        ann.write_text(json.dumps(doc))
+        assert main([*base, "-p", "4", "--annotated", str(ann)]) == 2
+        err = capsys.readouterr().err
+        assert str(ann) in err and msg in err
+    (tmp_path / "afile").write_text("")
+    assert main(["query", str(probs_dir), "-q", "3", "-p", "4", "-o", str(tmp_path / "afile")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
 def test_query_help_and_list(capsys):
     with pytest.raises(SystemExit) as e:
         main(["query", "--help"])

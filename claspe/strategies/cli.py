@@ -92,6 +92,8 @@ def find_probability_files(folder: str | Path) -> tuple[str, dict[str, list[Path
     for p in sorted(root.iterdir()):
         c = _case_name(p)
         if c is not None and p.is_file():
+            if c in flat:
+                raise ValueError(f"{root}: case {c!r} has both a .npz and a .npy file")
             flat[c] = [p]
     if flat:
         return "flat", flat
@@ -147,6 +149,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
     from claspe.data import io as dio
     from claspe.strategies import get_strategy, list_strategies
+    from claspe.strategies._io import as_patches
     from claspe.types import Patch
 
     if args.list:
@@ -155,6 +158,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
         return 0
     if args.query_size is None or args.patch_size is None:
         raise ValueError("--query-size and --patch-size are required (see claspe query --help)")
+    for opt, vals in (("--patch-size", args.patch_size), ("--stride", args.stride)):
+        if len(vals) not in (1, 3):
+            raise ValueError(f"{opt} takes 1 value (same on every axis) or 3 values, got {len(vals)}: {vals}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} exists and is not a folder")
     strategy = get_strategy(args.strategy)
     suffix = args.suffix
     shapes: dict[str, tuple] = {}
@@ -202,7 +211,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
         entries = data.get("patches") if isinstance(data, dict) else data
         if not isinstance(entries, list):
             raise ValueError(f"{jp}: expected {{'patches': [...]}} (nnActive loop file)")
-        annotated.extend(Patch.from_json(e) for e in entries)
+        try:
+            annotated.extend(as_patches(entries, "patch"))
+        except ValueError as exc:
+            raise ValueError(f"{jp}: {exc}") from exc
     patches = strategy.query(
         probabilities,
         query_size=args.query_size,
@@ -217,7 +229,6 @@ def _cmd_query(args: argparse.Namespace) -> int:
         labels=labels,
         classes=args.classes,
     )
-    out = Path(args.output)
     json_path = out / (args.json_name or f"loop_{args.loop + 1:03d}.json")
     dio.write_json(json_path, {"patches": [p.to_json() for p in patches]})
     print(f"{len(patches)} patches -> {json_path}")
@@ -275,7 +286,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-loops", type=int, default=5,
                    help="number of AL loops (trainings) of the schedule, default 5 -> beta 1, 3.16, 10, 31.6, 100")
     p.add_argument("--seed", type=int, default=12345,
-                   help="experiment seed (with --rng nnactive: the reference's query seed = seed + loop + 1)")
+                   help="experiment seed; with --rng nnactive pass the reference's query seed instead "
+                        "(experiment seed + loop + 1), it seeds numpy.random.default_rng as given")
     p.add_argument("--rng", choices=("philox", "nnactive"), default="philox",
                    help="philox (default): order/thread/device-independent noise; nnactive: numpy stream of the "
                         "reference implementation")
