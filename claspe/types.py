@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ class Patch:
     size: tuple[int, int, int]
 
     def __post_init__(self) -> None:
+        if self.file is None or str(self.file) == "":
+            raise ValueError(f"Patch.file must name an image, got {self.file!r}")
         object.__setattr__(self, "file", str(self.file))
         object.__setattr__(self, "coords", _triple(self.coords, "Patch.coords"))
         object.__setattr__(self, "size", _triple(self.size, "Patch.size"))
@@ -62,6 +65,8 @@ class Patch:
 
     @classmethod
     def from_json(cls, d: dict) -> Patch:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a patch entry is a {{'file', 'coords', 'size'}} object, got {d!r}")
         try:
             return cls(file=d["file"], coords=d["coords"], size=d["size"])
         except KeyError as exc:

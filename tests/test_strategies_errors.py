@@ -153,3 +153,13 @@ def test_annotated_entries_validated_and_loop_documents_accepted():
     for doc in ({"patches": [whole]}, [{"patches": [whole]}, {"patches": []}]):
         got = s.query(PROBS, annotated=doc, **KW)
         assert got == as_list and all(p.file != first for p in got)
+
+
+def test_patch_entries_that_are_not_objects_or_lack_a_file():
+    """``Patch.from_json`` of a list/int/None was a TypeError; ``file=None`` became the image 'None'."""
+    for d in ([1, 2], 1, None):
+        with pytest.raises(ValueError, match="a patch entry is a"):
+            Patch.from_json(d)
+    for f in (None, ""):
+        with pytest.raises(ValueError, match="Patch.file must name an image"):
+            Patch.from_json({"file": f, "coords": [0, 0, 0], "size": [1, 1, 1]})
