@@ -53,11 +53,17 @@ def _triple(value, name: str, *, positive: bool = True, ints_only: bool = False,
     A scalar is repeated on every axis; with ``ints_only`` only integer scalars are (a float or
     bool is then rejected instead of truncated).  ``axes`` names the entries in the length error.
     """
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name} must be an int or 3 ints, got {value!r}")
     if (isinstance(value, (int, np.integer)) and not isinstance(value, bool)) if ints_only else np.isscalar(value):
         value = (value, value, value)
     try:
-        t = tuple(int(v) for v in value)
-    except (TypeError, ValueError) as exc:
+        items = list(value)
+        t = tuple(int(v) for v in items)
+        # a bool, a string or a fractional value is not a voxel count (int() would accept/truncate it)
+        if any(isinstance(v, (bool, np.bool_, str, bytes)) or v != int(v) for v in items):
+            raise ValueError("not integral")
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{name} must be an int or 3 ints, got {value!r}") from exc
     if len(t) != 3:
         raise ValueError(f"{name} must have 3 entries ({axes}), got {value!r}")

@@ -116,7 +116,7 @@ def test_score_arguments(backend):
         ops.score_maps(probs() * 0.5, "pe", backend=backend)
 
 
-@pytest.mark.parametrize("bad", [0, -1, (2, 0, 2), (1, 2), "x"])
+@pytest.mark.parametrize("bad", [0, -1, (2, 0, 2), (1, 2), "x", "222", (2.5, 2, 2), (True, 2, 2), 2.5])
 def test_non_positive_or_malformed_patch_and_stride(backend, bad):
     maps = np.ones((2, 6, 6, 6), np.float32)
     with pytest.raises(ValueError, match="patch"):

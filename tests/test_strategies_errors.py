@@ -65,6 +65,9 @@ def test_labels_missing():
         (dict(stride=0), "stride must be positive"),
         (dict(n_patch_per_image=0), "n_patch_per_image must be >= 1"),
         (dict(seed=1.5), "seed must be an integer"),
+        (dict(patch_size="333"), "patch_size must be an int or 3 ints"),  # was (3, 3, 3), one per character
+        (dict(patch_size=(3.5, 3, 3)), "patch_size must be an int or 3 ints"),  # was truncated to 3
+        (dict(stride=(True, 1, 1)), "stride must be an int or 3 ints"),
     ],
 )
 def test_bad_arguments(change, match):
