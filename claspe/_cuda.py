@@ -266,6 +266,8 @@ def empty(like: DevArray, shape, dtype) -> tuple[object, int]:
             if lib == "torch":
                 import torch
 
+                if not torch.cuda.is_available():  # a CPU-only torch: try CuPy for other producers' arrays
+                    raise ImportError(f"torch {torch.__version__} cannot use CUDA here")
                 t = torch.empty(shape, dtype=getattr(torch, _NP_TO_TORCH[dtype.name]),
                                 device=torch.device("cuda", like.device))
                 return t, int(t.data_ptr())
@@ -276,7 +278,8 @@ def empty(like: DevArray, shape, dtype) -> tuple[object, int]:
             return c, int(c.data.ptr)
         except ImportError as exc:
             errors.append(f"{lib}: {exc}")
-    raise ValueError("cannot allocate GPU outputs for arrays of type " + type(like.obj).__name__
+    kind = type(like.obj).__name__ if like.obj is not None else "this producer"
+    raise ValueError("cannot allocate GPU outputs for arrays of type " + kind
                      + ": install torch or cupy (" + "; ".join(errors) + ")")
 
 

@@ -381,3 +381,28 @@ def test_gpu_accumulator_keeps_no_fold_and_queues_on_the_stream_of_each_call(mon
     acc.mean()
     acc.score_maps("pe", [])
     assert fake.calls == [("divide", 99), ("maps", 99)]
+
+
+def test_outputs_for_other_producers_fall_back_to_cupy_when_torch_has_no_cuda(monkeypatch):
+    """Regression: with a CPU-only torch installed, torch.empty(device='cuda') raised instead of CuPy being
+    tried for the outputs of a producer that is neither torch nor CuPy (CuPy is faked here: no GPU)."""
+    import contextlib
+    import sys
+    import types
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("torch can use CUDA here")
+
+    class FakeCupyArray:
+        def __init__(self, shape, dtype):
+            self.a = np.empty(shape, dtype)
+            self.data = types.SimpleNamespace(ptr=self.a.ctypes.data)
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=lambda device: contextlib.nullcontext())
+    fake.empty = FakeCupyArray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    like = _cuda.DevArray(None, 0, np.dtype(np.float32), 0, (2,), (1,), True, 0, 0, None)
+    out, ptr = _cuda.empty(like, (3, 4), np.float32)
+    assert isinstance(out, FakeCupyArray) and out.a.shape == (3, 4) and ptr == out.a.ctypes.data
