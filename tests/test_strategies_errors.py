@@ -166,3 +166,14 @@ def test_patch_entries_that_are_not_objects_or_lack_a_file():
     for f in (None, ""):
         with pytest.raises(ValueError, match="Patch.file must name an image"):
             Patch.from_json({"file": f, "coords": [0, 0, 0], "size": [1, 1, 1]})
+
+
+@pytest.mark.parametrize("name", ["random", "random_fg33", "random_fg66"])
+def test_random_baselines_need_labels_for_every_probability_image(name):
+    """Labels for only part of the probabilities' pool: the other images were silently never sampled."""
+    ids = sorted(PROBS)
+    labels = {ids[0]: np.argmax(PROBS[ids[0]].mean(0), 0)}
+    with pytest.raises(ValueError, match=r"labels are missing for 1 pool image\(s\)"):
+        get_strategy(name).query(PROBS, labels=labels, **KW)
+    full = {k: np.argmax(v.mean(0), 0) for k, v in PROBS.items()}
+    assert len(get_strategy(name).query(PROBS, labels=full, **KW)) == KW["query_size"]

@@ -203,7 +203,8 @@ class RandomStrategy:
     ) -> list[Patch]:
         """``query_size`` random non-overlapping boxes (see the module docstring).
 
-        Pool = the ids of ``labels`` (mapping id -> int label array [X, Y, Z]).  Plain ``random``
+        Pool = the ids of ``labels`` (mapping id -> int label array [X, Y, Z]); when
+        ``probabilities`` is given too, each of its ids must have labels.  Plain ``random``
         also works without labels, taking the image shapes from ``probabilities`` (it reads one
         fold per image).  ``stride`` and ``n_patch_per_image`` are not used.  ``classes``: restrict
         the foreground classes a seg/border box may be centred on (default: every class > 0).
@@ -215,7 +216,10 @@ class RandomStrategy:
         if rng not in ("philox", "nnactive"):
             raise ValueError(f"rng must be 'philox' or 'nnactive', got {rng!r}")
         if self.needs_labels or labels is not None:
-            lab = _io.check_labels(labels, None, self.name)
+            # with probabilities as well, every image of that pool needs its labels (else it would
+            # silently never be sampled)
+            pool = [str(k) for k in probabilities] if isinstance(probabilities, Mapping) and probabilities else None
+            lab = _io.check_labels(labels, pool, self.name)
             ids = sorted(lab)
             shapes, present_by_image = lab.scan()  # one label in memory at a time
         else:
