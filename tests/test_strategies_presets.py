@@ -126,6 +126,22 @@ def test_constant_and_no_noise_schedules():
         NoiseSchedule(kind="constant", beta=0.0)
 
 
+def test_schedule_parts_reject_out_of_range_loops_and_betas():
+    """beta_at(loop >= num_loops) was an IndexError and loop=-1 silently gave the last beta; a zero or
+    negative start/end made a ZeroDivisionError or NaN betas; no class made a ZeroDivisionError."""
+    noise = get_strategy("clasp_pe").noise
+    assert noise.beta_at(4, 5) == pytest.approx(100.0)
+    for loop in (5, -1, 1.5):
+        with pytest.raises(ValueError, match="loop must be an integer in 0..num_loops-1"):
+            noise.beta_at(loop, 5)
+    for kw in (dict(kind="exponential", start=0.0), dict(kind="exponential", start=-1.0),
+               dict(kind="sigmoid", end=float("nan"))):
+        with pytest.raises(ValueError, match=r"\(a beta\) must be finite and > 0"):
+            NoiseSchedule(**kw)
+    with pytest.raises(ValueError, match="at least one foreground class"):
+        get_strategy("clasp_pe").stratifier.global_quotas(10, [], None)
+
+
 def test_patch_larger_than_image_is_clipped():
     probs = make_probs(1, n_images=2, shape=(6, 9, 5))
     out = get_strategy("clasp_pe").query(probs, query_size=3, patch_size=(8, 3, 3), stride=1, n_patch_per_image=4,

@@ -94,6 +94,11 @@ class NoiseSchedule:
             raise ValueError(f"unknown noise schedule {self.kind!r}")
         if self.kind == "constant" and not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be finite and > 0, got {self.beta!r}")
+        if self.kind in ("exponential", "sigmoid"):
+            for name in ("start", "end"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                    raise ValueError(f"{name} (a beta) must be finite and > 0, got {v!r}")
 
     @property
     def noisy(self) -> bool:
@@ -112,7 +117,10 @@ class NoiseSchedule:
 
     def beta_at(self, loop: int, num_loops: int) -> float | None:
         """beta of AL loop ``loop`` (0-based; the reference indexes the schedule by the loop)."""
-        v = self.values(num_loops)
+        n = _check_num_loops(num_loops)
+        if isinstance(loop, bool) or not isinstance(loop, (int, np.integer)) or not 0 <= loop < n:
+            raise ValueError(f"loop must be an integer in 0..num_loops-1 = 0..{n - 1}, got {loop!r}")
+        v = self.values(n)
         if v is None:
             return None
         return float(v[int(loop)])
@@ -225,6 +233,8 @@ class Stratifier:
         if not self.balanced:
             return {KEY_PLAIN: int(query_size)}
         K = len(classes)
+        if K == 0:
+            raise ValueError("a class-balanced query needs at least one foreground class")
         n_cls = int(query_size * self.fg_share)
         quotas = {c: n_cls // K for c in classes}
         quotas[KEY_PLAIN] = query_size - n_cls
