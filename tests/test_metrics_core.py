@@ -109,6 +109,14 @@ def test_dice_single_label_and_no_scored_class():
         metrics.mean_foreground_dice({"a": {}, "b": {}})
 
 
+def test_class_means_null_is_unscored_and_text_is_an_error():
+    """A JSON null Dice was a TypeError; it counts like NaN (class absent in that case)."""
+    per_case = {"a": {1: None, 2: 0.5}, "b": {1: 0.4, 2: 0.7}}
+    assert metrics.class_means(per_case) == pytest.approx({"1": 0.4, "2": 0.6})
+    with pytest.raises(ValueError, match="class '1' must be numbers"):
+        metrics.mean_foreground_dice({"a": {1: "x"}})
+
+
 def test_final_dice():
     assert metrics.final_dice([0.1, 0.3, 0.25]) == 0.25
     with pytest.raises(ValueError):

@@ -99,7 +99,10 @@ def class_means(per_case: Mapping[str, Mapping] | Iterable[Mapping]) -> dict[str
                 keys.append(str(k))
     out: dict[str, float] = {}
     for k in keys:
-        vals = np.array([float(_get(c, k)) for c in cases], dtype=float)
+        try:  # None (JSON null) is an unscored class, like NaN
+            vals = np.array([math.nan if (v := _get(c, k)) is None else float(v) for c in cases], dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Dice values of class {k!r} must be numbers (or NaN/None): {exc}") from exc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             out[k] = float(np.nanmean(vals)) if vals.size else math.nan
