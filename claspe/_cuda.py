@@ -567,6 +567,10 @@ def fold_box_scores(arrays, *, score: str, classes, patch, stride, logits: bool)
     classes = _check_score_classes(score, classes, first.shape[0])
     acc = CudaFoldAccumulator(track_fold_entropy=score in ("bald", "expected_entropy"))
     for m, f in enumerate(arrays):
+        if m > 0:  # the CPU path's rule and message: all folds of one image share a dtype
+            dm = describe(f, f"fold {m}", ndim=4).dtype
+            if dm != first.dtype:
+                raise ValueError(f"fold {m} dtype {dm} differs from fold 0 {first.dtype}")
         try:
             acc.add(f, logits=logits)
         except ValueError as exc:

@@ -333,6 +333,9 @@ def test_bad_values_and_mixed_devices():
         ops.select_patches(gpu(sc), patch=1, stride=1, volume_shape=4, quotas=[1])
     with pytest.raises(ValueError, match="does not match volume"):
         ops.select_patches(gpu(sc), patch=2, stride=1, volume_shape=4, quotas=[1])
+    p = _probs(rng, (2, 4, 4, 4))
+    with pytest.raises(ValueError, match="fold 1 dtype float16 differs from fold 0 float32"):  # as on the CPU
+        ops.fold_box_scores([gpu(p), gpu(p.astype(np.float16))], patch=2)
 
 
 @pytest.mark.skipif(_REASON is None and _ext._C.cuda_device_count()[0] < 2, reason="needs two GPUs")
