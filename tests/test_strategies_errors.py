@@ -177,3 +177,22 @@ def test_random_baselines_need_labels_for_every_probability_image(name):
         get_strategy(name).query(PROBS, labels=labels, **KW)
     full = {k: np.argmax(v.mean(0), 0) for k, v in PROBS.items()}
     assert len(get_strategy(name).query(PROBS, labels=full, **KW)) == KW["query_size"]
+
+
+def test_annotated_loop_file_paths(tmp_path):
+    """``annotated="loop_000.json"`` was iterated character by character ("entries must be
+    claspe.Patch ..., got 'l'"); a loop file path (or a list of them) now contributes its patches."""
+    import json
+
+    first = sorted(PROBS)[0]
+    whole = {"file": first, "coords": [0, 0, 0], "size": list(PROBS[first].shape[2:])}
+    (tmp_path / "loop_000.json").write_text(json.dumps({"patches": [whole]}))
+    s = get_strategy("pred_entropy")
+    expect = s.query(PROBS, annotated=[whole], **KW)
+    assert s.query(PROBS, annotated=str(tmp_path / "loop_000.json"), **KW) == expect
+    assert s.query(PROBS, annotated=[tmp_path / "loop_000.json"], **KW) == expect
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        s.query(PROBS, annotated=tmp_path / "nope.json", **KW)
+    (tmp_path / "other.json").write_text(json.dumps({"x": 1}))
+    with pytest.raises(ValueError, match="other.json is not a loop file"):
+        s.query(PROBS, annotated=tmp_path / "other.json", **KW)

@@ -18,6 +18,7 @@ folds are never stacked in memory.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -193,14 +194,25 @@ def _is_loop_doc(x) -> bool:
 
 def as_patches(items, what: str = "annotated") -> list[Patch]:
     """``Patch`` objects from Patches or nnActive dicts ``{"file", "coords", "size"}``; a whole
-    loop-file document ``{"patches": [...]}`` (or a list of them) contributes its patches."""
+    loop-file document ``{"patches": [...]}`` or the path of a ``loop_XXX.json`` file (or a list
+    of them) contributes its patches."""
     if items is None:
         return []
-    if isinstance(items, (Patch, Mapping)):
+    if isinstance(items, (Patch, Mapping, str, os.PathLike)):
         items = [items]
     out = []
     for it in items:
-        if isinstance(it, Patch):
+        if isinstance(it, (str, os.PathLike)):
+            from claspe.data.io import read_json
+
+            doc = read_json(it, missing=f"{what}: loop file {it} not found")
+            if not (_is_loop_doc(doc) or isinstance(doc, list)):
+                raise ValueError(f"{what}: {it} is not a loop file {{\"patches\": [...]}}")
+            try:
+                out.extend(as_patches(doc if isinstance(doc, list) else [doc], what))
+            except ValueError as exc:
+                raise ValueError(f"{it}: {exc}") from exc
+        elif isinstance(it, Patch):
             out.append(it)
         elif _is_loop_doc(it):
             entries = it["patches"]
