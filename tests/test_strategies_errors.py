@@ -196,3 +196,18 @@ def test_annotated_loop_file_paths(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"x": 1}))
     with pytest.raises(ValueError, match="other.json is not a loop file"):
         s.query(PROBS, annotated=tmp_path / "other.json", **KW)
+
+
+def test_npy_folds_of_mixed_float_dtypes_match_arrays(tmp_path):
+    """float32 and float16 folds: arrays were accepted but the same folds as .npy files raised
+    'fold 1 dtype float16 differs from fold 0 float32' (the fused path needs one dtype)."""
+    mixed, paths = {}, {}
+    for k, v in PROBS.items():
+        mixed[k] = [v[0], v[1].astype(np.float16)]
+        paths[k] = []
+        for f, a in enumerate(mixed[k]):
+            p = tmp_path / f"{k}_{f}.npy"
+            np.save(p, a)
+            paths[k].append(p)
+    s = get_strategy("bald")
+    assert s.query(paths, **KW) == s.query(mixed, **KW)

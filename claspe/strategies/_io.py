@@ -152,13 +152,17 @@ def npy_fold_paths(value) -> list[Path] | None:
         return None
     if not all(_is_pathlike(v) and str(v).lower().endswith(".npy") and Path(v).is_file() for v in value):
         return None
-    for v in value:  # the fused engine path reads float32/float16; others are converted on load
+    dtypes = set()
+    for v in value:  # the fused engine path reads float32/float16 (one dtype); others are converted on load
         try:
             dtype = np.load(v, mmap_mode="r", allow_pickle=False).dtype
         except Exception:  # damaged file: load_array_file reports it with its name
             return None
         if dtype not in (np.float32, np.float16):
             return None
+        dtypes.add(dtype)
+    if len(dtypes) > 1:  # float32 and float16 folds: the fold-by-fold path accepts the mix, like arrays
+        return None
     return [Path(v) for v in value]
 
 
