@@ -128,6 +128,17 @@ def test_aggregate_ppm_and_mean_row():
     np.testing.assert_allclose(metrics.ppm_mean_row(tot), tot.sum(axis=0) / 2)
 
 
+def test_aggregate_ppm_and_mean_row_check_shapes():
+    """A matrix that does not fit its method list, or a bare matrix, was an IndexError; a non-square
+    matrix gave a mean row silently."""
+    with pytest.raises(ValueError, match=r"matrix shape \(2, 2\) does not fit 3 methods"):
+        metrics.aggregate_ppm([(["a", "b", "c"], np.zeros((2, 2)))])
+    with pytest.raises(ValueError, match=r"must be a \(methods, matrix\) pair"):
+        metrics.aggregate_ppm([np.zeros((3, 3))])
+    with pytest.raises(ValueError, match="square"):
+        metrics.ppm_mean_row(np.zeros((3, 2)))
+
+
 # ---------------------------------------------------------------- rankings
 def _table():
     return pd.DataFrame({"A": [0.9, 0.8, 0.7], "B": [0.8, 0.7, 0.6], "C": [0.7, 0.6, 0.5]},

@@ -144,6 +144,18 @@ def aggregate_ppm(matrices: Sequence[tuple[Sequence[str], np.ndarray]], methods:
     ``(methods, summed, n_settings)`` where ``n_settings[i, j]`` is the number of settings that had
     both i and j (the denominator for "% of settings").
     """
+    checked = []
+    for k, item in enumerate(matrices):
+        try:
+            ms, mat = item
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"matrices[{k}] must be a (methods, matrix) pair as penalty_matrix returns") from exc
+        ms = list(ms)
+        mat = np.asarray(mat, dtype=float)
+        if mat.shape != (len(ms), len(ms)):
+            raise ValueError(f"matrices[{k}]: matrix shape {mat.shape} does not fit {len(ms)} methods {ms}")
+        checked.append((ms, mat))
+    matrices = checked
     if methods is None:
         methods = []
         for ms, _ in matrices:
@@ -168,6 +180,8 @@ def aggregate_ppm(matrices: Sequence[tuple[Sequence[str], np.ndarray]], methods:
 def ppm_mean_row(matrix: np.ndarray) -> np.ndarray:
     """The reference's extra "Mean" row: column sums divided by (#methods - 1) (mean loss share)."""
     matrix = np.asarray(matrix, dtype=float)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"a PPM is a square methods × methods matrix, got shape {matrix.shape}")
     n = matrix.shape[0]
     if n < 2:
         raise ValueError("a PPM needs at least 2 methods")
