@@ -177,6 +177,17 @@ def test_fg_eff_without_points_beyond_x0_is_an_error():
         metrics.foreground_efficiency(["a", "b"], [0.5, 0.6], 0.9)
 
 
+def test_fg_eff_rejects_percent_next_to_fraction():
+    """c = 86 (percent, as the paper's tables) with Dice in [0, 1] fitted a meaningless gamma ~0.015
+    silently; the same curve on one scale gives the same gamma."""
+    x, y = _curve(8.0)
+    with pytest.raises(ValueError, match="different scales"):
+        metrics.foreground_efficiency(x, y, 86.0)
+    with pytest.raises(ValueError, match="different scales"):
+        metrics.foreground_efficiency(x, y * 100, 0.86)
+    assert metrics.foreground_efficiency(x, y * 100, 86.0).gamma == pytest.approx(8.0, rel=1e-6)
+
+
 # ---------------------------------------------------------------- mean table
 def test_mean_table_standard_error_matches_reference_formula():
     rng = np.random.default_rng(1)

@@ -124,6 +124,11 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
         c = float(full_data_dice)
         if not math.isfinite(c):
             raise ValueError(f"full_data_dice must be finite, got {full_data_dice}")
+        if (c > 1.0) != (float(np.max(y)) > 1.0):  # a Dice in [0, 1] next to one in percent
+            raise ValueError(
+                f"full_data_dice={c:g} and dice (max {float(np.max(y)):g}) are on different scales; give both as "
+                f"fractions in [0, 1] or both in percent"
+            )
         if a is None:
             if y0 is None:
                 raise ValueError(f"no point at x0={x0}; pass a= explicitly")
