@@ -186,6 +186,11 @@ def test_fg_eff_rejects_percent_next_to_fraction():
     with pytest.raises(ValueError, match="different scales"):
         metrics.foreground_efficiency(x, y * 100, 0.86)
     assert metrics.foreground_efficiency(x, y * 100, 86.0).gamma == pytest.approx(8.0, rel=1e-6)
+    # free c in percent: was capped at 1 -> c pinned to the largest Dice and a wrong gamma
+    free_pct = metrics.foreground_efficiency(x, y * 100, None)
+    free = metrics.foreground_efficiency(x, y, None)
+    assert free_pct.c == pytest.approx(100 * free.c, rel=1e-4)
+    assert free_pct.gamma == pytest.approx(free.gamma, rel=1e-3)
 
 
 # ---------------------------------------------------------------- mean table

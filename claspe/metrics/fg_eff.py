@@ -154,10 +154,11 @@ def foreground_efficiency(fg_fraction, dice, full_data_dice: float | None = None
         aa = (cc - y0) if a is None else a
         return cc - aa * np.exp(-g * (xx - x0))
 
-    # c is bounded to [max observed Dice, 1] (a Dice cannot exceed 1); without the bound a nearly
-    # linear curve drives c -> inf and gamma -> 0 (not identifiable)
+    # c is bounded to [max observed Dice, 1] (a Dice cannot exceed 1; 100 for Dice in percent, i.e.
+    # when a value exceeds 1); without the bound a nearly linear curve drives c -> inf and gamma -> 0
+    # (not identifiable)
     c_lo = float(np.max(y))
-    c_hi = max(1.0, c_lo + 1e-6)
+    c_hi = max(100.0 if c_lo > 1.0 else 1.0, c_lo + 1e-6)
     best = None
     for gs in np.logspace(-2, 4, 25):
         for cs in (c_lo + 0.25 * (c_hi - c_lo), c_lo + 0.75 * (c_hi - c_lo)):
