@@ -83,10 +83,11 @@ def _free(start, size, taken) -> bool:
 class _Pool:
     """Round-robin placement state shared by the random baselines and the starting budget."""
 
-    def __init__(self, *, gen, ids, shapes, labels, patch, taken, tries, fg_classes=None):
+    def __init__(self, *, gen, ids, shapes, labels, patch, taken, tries, classes_in, fg_classes=None):
         self.gen = gen
         self.shapes = shapes
         self.labels = labels
+        self.classes_in = classes_in  # id -> set of class ids in the image (LabelView.scan)
         self.patch = patch
         self.taken = taken  # id -> list[Patch]
         self.tries = tries
@@ -97,11 +98,10 @@ class _Pool:
     def present(self, image_id) -> np.ndarray:
         """Class ids present in an image (>= 0), background 0 included, sorted."""
         if image_id not in self._present:
-            u = np.unique(self.labels[image_id])
-            u = u[u >= 0]
+            u = sorted(c for c in self.classes_in[image_id] if c >= 0)
             if self.fg_classes is not None:
-                u = np.array([c for c in u if c == 0 or c in self.fg_classes], dtype=u.dtype)
-            self._present[image_id] = u
+                u = [c for c in u if c == 0 or c in self.fg_classes]
+            self._present[image_id] = np.array(u, dtype=np.int64)
         return self._present[image_id]
 
     def try_place(self, image_id: str, area: str) -> Patch | None:
@@ -229,7 +229,7 @@ class RandomStrategy:
                 raise ValueError("probabilities must be a non-empty mapping image id -> probabilities")
             ids = sorted(str(k) for k in probabilities)
             shapes = {str(k): _io.first_fold_shape(probabilities[k], str(k)) for k in sorted(probabilities, key=str)}
-            lab = {}
+            lab, present_by_image = {}, {}
         if classes is not None:
             classes = [check_int(c, "class id", minimum=1) for c in classes]
             if lab:
@@ -243,7 +243,8 @@ class RandomStrategy:
         order = list(ids)
         gen.shuffle(order)
         pool = _Pool(gen=gen, ids=ids, shapes=shapes, labels=lab, patch=patch,
-                     taken={k: list(v) for k, v in by_image.items()}, tries=self.tries_per_image, fg_classes=classes)
+                     taken={k: list(v) for k, v in by_image.items()}, tries=self.tries_per_image, fg_classes=classes,
+                     classes_in=present_by_image)
         return pool.round_robin(order, query_size, self.areas)
 
     def describe(self) -> str:
@@ -309,7 +310,7 @@ def starting_budget(
     order = list(ids)
     gen.shuffle(order)  # the reference shuffles the image list first (when the strategy is built)
     pool = _Pool(gen=gen, ids=ids, shapes=shapes, labels=lab, patch=patch,
-                 taken={k: list(v) for k, v in by_image.items()}, tries=tries)
+                 taken={k: list(v) for k, v in by_image.items()}, tries=tries, classes_in=present)
     files = {c: [k for k in ids if c in present[k]] for c in classes}  # insertion order = class order
     out: list[Patch] = []
     while files:
